@@ -1,0 +1,43 @@
+"""qwen2-edge command line. Thin: parse, then one library call per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under qwen2_edge.commands. Adding a command is one row here plus its module.
+COMMANDS: dict[str, str] = {
+    "inspect": "inspect",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwen2-edge", description="Distill, quantize, export and validate Qwen2 models for edge CPUs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"qwen2_edge.commands.{module}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"qwen2-edge {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"qwen2-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Lazy, validated access to a Hugging Face safetensors checkpoint directory.
+
+Tensors are memory-mapped (safetensors.safe_open) and materialized one at a time, so a model never
+needs two float copies in memory. Pickle formats are refused, never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .builtin import resolve_model_path
+from .layout import expected_tensors, layer_prefix
+from .spec import ModelSpec, MoEFFN, read_spec
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+@dataclass
+class TensorInfo:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header; a truncated or corrupt file is a one-line error."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError("truncated safetensors file (no header)", path)
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100 * 2**20:
+            raise CheckpointError("truncated or corrupt safetensors file (header length beyond end of file)", path)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError("corrupt safetensors header (not JSON)", path) from None
+    data_len = size - 8 - n
+    out: dict[str, TensorInfo] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"corrupt safetensors header entry for {name!r}", path) from None
+        if end > data_len:
+            raise CheckpointError(
+                f"truncated safetensors file: tensor {name!r} ends at byte {end} of {data_len} data bytes", path
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        if dtype in _DTYPE_BYTES and end - start != numel * _DTYPE_BYTES[dtype]:
+            raise CheckpointError(f"corrupt safetensors file: tensor {name!r} size disagrees with its shape", path)
+        out[name] = TensorInfo(path, dtype, shape)
+    return out
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint directory. `tensor(name)` reads one tensor lazily (HF names)."""
+
+    path: Path
+    spec: ModelSpec
+    tensors: dict[str, TensorInfo]
+    fused_expert_layers: frozenset[int] = frozenset()
+    _handles: dict[Path, object] = field(default_factory=dict, repr=False)
+
+    # -- access ---------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def tensor(self, name: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"tensor {name!r} not found", self.path)
+        handle = self._handles.get(info.file)
+        if handle is None:
+            from safetensors import safe_open
+
+            try:
+                handle = safe_open(str(info.file), framework="pt")
+            except Exception as e:
+                raise CheckpointError(f"cannot open safetensors file ({e})", info.file) from None
+            self._handles[info.file] = handle
+        t = handle.get_tensor(name)
+        return t if dtype is None else t.to(dtype)
+
+    def lm_head(self, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        name = "model.embed_tokens.weight" if self.spec.tie_word_embeddings else "lm_head.weight"
+        return self.tensor(name, dtype)
+
+    def experts(self, layer: int, dtype: torch.dtype | None = torch.float32) -> tuple[torch.Tensor, ...]:
+        """Stacked routed-expert weights of a MoE layer: gate [E,I,H], up [E,I,H], down [E,H,I]."""
+        ffn = self.spec.layers[layer].ffn
+        if not isinstance(ffn, MoEFFN):
+            raise ValueError(f"layer {layer} is not a MoE layer")
+        m = layer_prefix(layer) + "mlp.experts."
+        if layer in self.fused_expert_layers:
+            gate_up = self.tensor(m + "gate_up_proj", dtype)
+            gate, up = gate_up.chunk(2, dim=1)
+            return gate.contiguous(), up.contiguous(), self.tensor(m + "down_proj", dtype)
+        E = ffn.num_experts
+        return tuple(
+            torch.stack([self.tensor(f"{m}{e}.{proj}.weight", dtype) for e in range(E)])
+            for proj in ("gate_proj", "up_proj", "down_proj")
+        )
+
+    def iter_tensors(self, dtype: torch.dtype | None = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.tensors:
+            yield name, self.tensor(name, dtype)
+
+    # -- tokenizer ------------------------------------------------------------------------------
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def file_size(self) -> int:
+        return sum(f.stat().st_size for f in {i.file for i in self.tensors.values()})
+
+
+def open_checkpoint(path: str | Path, need_tokenizer: bool = False) -> Checkpoint:
+    """Open and validate a checkpoint directory (or `builtin:NAME`)."""
+    root = resolve_model_path(path)
+    if not root.exists():
+        raise CheckpointError("no such file or directory", root)
+    if not root.is_dir():
+        raise CheckpointError("not a checkpoint directory (expected a folder with config.json and *.safetensors)", root)
+    spec = read_spec(root / "config.json")
+    files = _weight_files(root)
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        for name, info in read_safetensors_header(f).items():
+            if name in tensors:
+                raise CheckpointError(f"tensor {name!r} appears in two shards", f)
+            tensors[name] = info
+    fused = frozenset(
+        layer.index
+        for layer in spec.layers
+        if isinstance(layer.ffn, MoEFFN) and layer_prefix(layer.index) + "mlp.experts.gate_up_proj" in tensors
+    )
+    _check_tensors(root, spec, tensors, fused)
+    if need_tokenizer and not (root / "tokenizer.json").is_file():
+        raise CheckpointError("no tokenizer.json", root)
+    return Checkpoint(root, spec, tensors, fused)
+
+
+def _weight_files(root: Path) -> list[Path]:
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CheckpointError("invalid safetensors index (expected a 'weight_map' object)", index) from None
+        files = sorted({root / f for f in weight_map.values()})
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"shard {f.name} listed in the index is missing", index)
+        return files
+    files = sorted(root.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"only pickle weights ({', '.join(pickles)}) found; pickle files can run code when loaded and are "
+            "never opened - convert them to safetensors with a trusted tool first",
+            root,
+        )
+    raise CheckpointError("no *.safetensors weights found", root)
+
+
+def _check_tensors(root: Path, spec: ModelSpec, tensors: dict[str, TensorInfo], fused: frozenset[int]) -> None:
+    expected = expected_tensors(spec, set(fused))
+    for name, shape in expected.items():
+        info = tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"tensor {name!r} is missing (expected by config.json)", root)
+        if info.shape != shape:
+            raise CheckpointError(
+                f"tensor {name!r} has shape {list(info.shape)} but config.json implies {list(shape)}", info.file
+            )
+        if info.dtype not in ("F32", "F16", "BF16", "F64"):
+            raise CheckpointError(f"tensor {name!r} has unsupported dtype {info.dtype}", info.file)
+    extra = [n for n in tensors if n not in expected and not (n == "lm_head.weight" and spec.tie_word_embeddings)]
+    if extra:
+        more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
+        raise CheckpointError(f"unexpected tensor(s) {', '.join(extra[:3])}{more} not described by config.json", root)

@@ -1,0 +1,95 @@
+"""The Session protocol every runtime implements: prefill logits, incremental decode, generation."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .sampling import Sampler
+
+
+class Session(abc.ABC):
+    """A loaded model in one runtime. Logits are float32 numpy arrays [tokens, vocab rows]."""
+
+    runtime: ClassVar[str]  # "transformers", "onnxruntime", "llama.cpp"
+    format: ClassVar[str]  # "hf", "onnx", "gguf"
+    path: Path
+    quant: str = "f32"
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the KV cache."""
+
+    @abc.abstractmethod
+    def append(self, ids: Sequence[int]) -> np.ndarray:
+        """Feed `ids` after the cached tokens (KV cache); return their logits [len(ids), V]."""
+
+    @property
+    @abc.abstractmethod
+    def n_cached(self) -> int:
+        """Tokens currently in the KV cache."""
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits for every position of a fresh sequence (prefill), leaving the session reset."""
+        self.reset()
+        try:
+            return self.append(ids)
+        finally:
+            self.reset()
+
+    # -- text ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def stop_ids(self) -> set[int]:
+        return set()
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        raise NotImplementedError(f"{self.runtime} session has no chat template")
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        sampler: Sampler | None = None,
+        stop_ids: Iterable[int] | None = None,
+        keep_cache: bool = False,
+    ) -> Iterator[int]:
+        """Yield new tokens one at a time (greedy unless a sampler is given), stopping after a stop id.
+
+        keep_cache=True appends `prompt_ids` after the tokens already cached (multi-turn chat: the caller
+        passes the previous turn's last generated token, which is never fed, followed by the new turn).
+        """
+        sampler = sampler or Sampler()
+        stops = self.stop_ids() if stop_ids is None else set(stop_ids)
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if not keep_cache:
+            self.reset()
+        logits = self.append(list(prompt_ids))[-1]
+        for i in range(max_new_tokens):
+            tok = sampler(logits)
+            yield tok
+            if tok in stops or i == max_new_tokens - 1:
+                return
+            logits = self.append([tok])[-1]
+
+    def greedy(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        return list(self.generate(prompt_ids, max_new_tokens, stop_ids=()))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,50 @@
+"""Which runtime opens which artifact: one row per runtime. Adding a runtime is one row here."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ArtifactError
+from ..model.builtin import PREFIX, resolve_model_path
+from .base import Session
+
+
+@dataclass(frozen=True)
+class RuntimeEntry:
+    format: str  # artifact format: "hf", "onnx", "gguf"
+    runtime: str  # runtime name shown to users
+    detect: Callable[[Path], bool]
+    target: str  # "module:Class" of the Session, imported only when used
+
+    def open(self, path: Path, threads: int | None = None) -> Session:
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module), cls)(path, threads=threads)
+
+
+def _is_hf(p: Path) -> bool:
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "model.onnx").exists()
+
+
+RUNTIMES: list[RuntimeEntry] = [
+    RuntimeEntry("hf", "transformers", _is_hf, "qwen2_edge.runtimes.reference:ReferenceSession"),
+]
+
+
+def detect_format(path: str | Path) -> RuntimeEntry:
+    """The runtime entry for an artifact path; a one-line error when nothing recognizes it."""
+    p = resolve_model_path(path) if str(path).startswith(PREFIX) else Path(path)
+    if not p.exists():
+        raise ArtifactError("no such file or directory", p)
+    for entry in RUNTIMES:
+        if entry.detect(p):
+            return entry
+    known = ", ".join(sorted({e.format for e in RUNTIMES}))
+    raise ArtifactError(f"not a recognized model artifact (known formats: {known})", p)
+
+
+def open_session(path: str | Path, threads: int | None = None) -> Session:
+    p = resolve_model_path(path)
+    return detect_format(p).open(p, threads=threads)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random checkpoints written once per test session (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwen2_edge.testing import FIXTURES, make_checkpoint
+
+ALL_FIXTURES = tuple(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(tmp_path_factory):
+    """fixture_dir(name) -> path of the named tiny checkpoint (made on first use)."""
+    root = tmp_path_factory.mktemp("fixtures")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = make_checkpoint(name, root / name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """hf_model(path) -> transformers model loaded independently of our loader (cached)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cache = {}
+
+    def get(path: Path):
+        if path not in cache:
+            cache[path] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return cache[path]
+
+    return get
