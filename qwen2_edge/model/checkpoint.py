@@ -123,6 +123,29 @@ class Checkpoint:
         for name in self.tensors:
             yield name, self.tensor(name, dtype)
 
+    # -- canonical view: experts stacked 3-D, whatever the file layout ---------------------------
+    def canonical_names(self) -> list[str]:
+        """Tensor names with each MoE layer's experts as three stacked tensors
+        `model.layers.N.mlp.experts.{gate_proj,up_proj,down_proj}` ([E, I, H], [E, I, H], [E, H, I]).
+        This is the unit quantizers and exporters work on."""
+        out: list[str] = []
+        for name in expected_tensors(self.spec, set(self.fused_expert_layers)):
+            if ".mlp.experts." in name:
+                stem = name.split(".mlp.experts.")[0] + ".mlp.experts."
+                if stem + "gate_proj" not in out:
+                    out += [stem + "gate_proj", stem + "up_proj", stem + "down_proj"]
+            else:
+                out.append(name)
+        return out
+
+    def canonical(self, name: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """A tensor of the canonical view (stacked experts are assembled on demand)."""
+        if ".mlp.experts." in name and name not in self.tensors:
+            layer = int(name.split(".")[2])
+            idx = ("gate_proj", "up_proj", "down_proj").index(name.rsplit(".", 1)[1])
+            return self.experts(layer, dtype)[idx]
+        return self.tensor(name, dtype)
+
     # -- tokenizer ------------------------------------------------------------------------------
     @property
     def tokenizer_file(self) -> Path:

@@ -1,0 +1,85 @@
+"""QuantizedModel: the typed hand-off from quantization to the exporters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model.checkpoint import Checkpoint
+from .policy import POLICIES, QuantPolicy
+from .scheme import QuantScheme
+from .tensor import QuantizedTensor, quantize_rtn
+
+
+@dataclass
+class QuantizedModel:
+    """Float checkpoint + the quantized tensors (canonical names, experts stacked) + how they were made."""
+
+    checkpoint: Checkpoint
+    base: QuantScheme
+    policy: QuantPolicy
+    method: str
+    tensors: dict[str, QuantizedTensor]
+    info: dict[str, Any] = field(default_factory=dict)  # calibration stats etc.
+
+    @property
+    def spec(self):
+        return self.checkpoint.spec
+
+    def float_tensor(self, name: str) -> torch.Tensor:
+        """The tensor as the quantized model computes with it (dequantized, or the float original)."""
+        q = self.tensors.get(name)
+        if q is not None:
+            return torch.from_numpy(q.dequantize())
+        return self.checkpoint.canonical(name)
+
+    def plan(self) -> list[dict[str, Any]]:
+        """Per-tensor decision table for --json output and reports."""
+        rows = []
+        for name in self.checkpoint.canonical_names():
+            q = self.tensors.get(name)
+            rows.append({"tensor": name, "quant": q.scheme.name if q else "float"})
+        return rows
+
+    def save_dequantized(self, folder: str | Path) -> Path:
+        """Write a float HF checkpoint with the dequantized weights (the exporters' exact target)."""
+        from ..model.layout import expected_tensors
+        from ..testing.hf_writer import write_hf_checkpoint
+
+        spec = self.spec
+        names = expected_tensors(spec)
+        tensors: dict[str, torch.Tensor] = {}
+        for name in names:
+            if ".mlp.experts." in name:
+                stem, rest = name.split(".mlp.experts.")
+                e, proj, _ = rest.split(".")
+                tensors[name] = self.float_tensor(f"{stem}.mlp.experts.{proj}")[int(e)].contiguous()
+            else:
+                tensors[name] = self.float_tensor(name)
+        return write_hf_checkpoint(self.checkpoint, tensors, folder)
+
+
+def quantize_model(
+    ckpt: Checkpoint,
+    base: QuantScheme,
+    policy: QuantPolicy | str = "default",
+    method: str = "rtn",
+    **method_kwargs: Any,
+) -> QuantizedModel:
+    """Quantize every matrix the policy selects. Methods other than RTN live in quant/methods."""
+    pol = POLICIES[policy] if isinstance(policy, str) else policy
+    if method != "rtn":
+        from .methods import METHODS
+
+        return METHODS[method](ckpt, base, pol, **method_kwargs)
+    tensors: dict[str, QuantizedTensor] = {}
+    for name in ckpt.canonical_names():
+        w = ckpt.canonical(name)
+        scheme = pol.scheme_for(name, w.ndim, base)
+        if scheme is not None:
+            tensors[name] = quantize_rtn(name, np.asarray(w.numpy()), scheme)
+    return QuantizedModel(ckpt, base, pol, "rtn", tensors)
