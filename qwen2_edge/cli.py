@@ -9,11 +9,14 @@ import sys
 # name -> module under qwen2_edge.commands. Adding a command is one row here plus its module.
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
+    "export": "export",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen2-edge", description="Distill, quantize, export and validate Qwen2 models for edge CPUs.")
+    parser = argparse.ArgumentParser(
+        prog="qwen2-edge", description="Distill, quantize, export and validate Qwen2 models for edge CPUs."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f"qwen2_edge.commands.{module}")

@@ -76,7 +76,8 @@ def _bad(kind, path):
 
 
 @pytest.mark.parametrize(
-    "kind", ["missing_key", "unknown_arch", "shape_mismatch", "truncated", "pickle_only", "bad_json", "bad_type"]
+    "kind",
+    ["missing_key", "unknown_arch", "shape_mismatch", "truncated", "pickle_only", "bad_json", "bad_type"],
 )
 def test_bad_checkpoint_one_line_error(kind, fixture_dir, tmp_path, capsys):
     path = _copy(fixture_dir("dense"), tmp_path / kind)

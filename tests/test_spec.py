@@ -19,7 +19,9 @@ def test_layer_kinds_match_transformers(name, fixture_dir, hf_model):
     path = fixture_dir(name)
     spec = read_spec(path)
     model = hf_model(path)
-    assert [lt == "sliding_attention" for lt in model.config.layer_types] == [w is not None for w in spec.windows]
+    assert [lt == "sliding_attention" for lt in model.config.layer_types] == [
+        w is not None for w in spec.windows
+    ]
     for layer, hf_layer in zip(spec.layers, model.model.layers, strict=True):
         is_moe = hasattr(hf_layer.mlp, "experts")
         assert isinstance(layer.ffn, MoEFFN) == is_moe
@@ -79,8 +81,13 @@ def test_moe_family_derivation_differs_from_dense():
     }  # fmt: skip
     dense = spec_from_dict({**base, "architectures": ["Qwen2ForCausalLM"]})
     moe = spec_from_dict(
-        {**base, "architectures": ["Qwen2MoeForCausalLM"], "num_experts": 2, "num_experts_per_tok": 1,
-         "moe_intermediate_size": 8}  # fmt: skip
+        {
+            **base,
+            "architectures": ["Qwen2MoeForCausalLM"],
+            "num_experts": 2,
+            "num_experts_per_tok": 1,
+            "moe_intermediate_size": 8,
+        }  # fmt: skip
     )
     assert dense.windows == (None, None, None, 4)
     assert moe.windows == (4, None, 4, None)

@@ -39,7 +39,14 @@ def inspect_model(path: str) -> dict[str, Any]:
             )
         else:
             ffn["intermediate"] = f.intermediate
-        layers.append({"index": layer.index, "attention": layer.attention.kind, "window": layer.attention.window, "ffn": ffn})
+        layers.append(
+            {
+                "index": layer.index,
+                "attention": layer.attention.kind,
+                "window": layer.attention.window,
+                "ffn": ffn,
+            }
+        )
     return {
         "path": str(ckpt.path),
         "architecture": spec.architecture,
@@ -97,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     )
     est = info["estimated_bytes"]
     print(
-        "  estimated file size: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in est.items())
+        "  estimated file size: "
+        + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in est.items())
         + f" (checkpoint on disk {info['checkpoint_bytes'] / 2**20:.1f} MiB)"
     )
     print(f"  {'layer':>5}  {'attention':<14} ffn")

@@ -44,7 +44,11 @@ def _read_modules(names: tuple[str, ...]) -> list[str]:
     texts: list[str] = []
     for name in names:
         p = root / name
-        files = sorted(f for f in p.rglob("*.py") if "test" not in f.relative_to(root).parts) if p.is_dir() else [p]
+        files = (
+            sorted(f for f in p.rglob("*.py") if "test" not in f.relative_to(root).parts)
+            if p.is_dir()
+            else [p]
+        )
         for f in files:
             if f.is_file():
                 texts.append(f.read_text(encoding="utf-8", errors="replace"))

@@ -20,7 +20,18 @@ from .layout import expected_tensors, layer_prefix
 from .spec import ModelSpec, MoEFFN, read_spec
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 @dataclass
@@ -39,7 +50,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             raise CheckpointError("truncated safetensors file (no header)", path)
         (n,) = struct.unpack("<Q", head)
         if n > size - 8 or n > 100 * 2**20:
-            raise CheckpointError("truncated or corrupt safetensors file (header length beyond end of file)", path)
+            raise CheckpointError(
+                "truncated or corrupt safetensors file (header length beyond end of file)", path
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -55,13 +68,16 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             raise CheckpointError(f"corrupt safetensors header entry for {name!r}", path) from None
         if end > data_len:
             raise CheckpointError(
-                f"truncated safetensors file: tensor {name!r} ends at byte {end} of {data_len} data bytes", path
+                f"truncated safetensors file: tensor {name!r} ends at byte {end} of {data_len} data bytes",
+                path,
             )
         numel = 1
         for d in shape:
             numel *= d
         if dtype in _DTYPE_BYTES and end - start != numel * _DTYPE_BYTES[dtype]:
-            raise CheckpointError(f"corrupt safetensors file: tensor {name!r} size disagrees with its shape", path)
+            raise CheckpointError(
+                f"corrupt safetensors file: tensor {name!r} size disagrees with its shape", path
+            )
         out[name] = TensorInfo(path, dtype, shape)
     return out
 
@@ -161,7 +177,9 @@ def open_checkpoint(path: str | Path, need_tokenizer: bool = False) -> Checkpoin
     if not root.exists():
         raise CheckpointError("no such file or directory", root)
     if not root.is_dir():
-        raise CheckpointError("not a checkpoint directory (expected a folder with config.json and *.safetensors)", root)
+        raise CheckpointError(
+            "not a checkpoint directory (expected a folder with config.json and *.safetensors)", root
+        )
     spec = read_spec(root / "config.json")
     files = _weight_files(root)
     tensors: dict[str, TensorInfo] = {}
@@ -187,7 +205,9 @@ def _weight_files(root: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError("invalid safetensors index (expected a 'weight_map' object)", index) from None
+            raise CheckpointError(
+                "invalid safetensors index (expected a 'weight_map' object)", index
+            ) from None
         files = sorted({root / f for f in weight_map.values()})
         for f in files:
             if not f.is_file():
@@ -206,7 +226,9 @@ def _weight_files(root: Path) -> list[Path]:
     raise CheckpointError("no *.safetensors weights found", root)
 
 
-def _check_tensors(root: Path, spec: ModelSpec, tensors: dict[str, TensorInfo], fused: frozenset[int]) -> None:
+def _check_tensors(
+    root: Path, spec: ModelSpec, tensors: dict[str, TensorInfo], fused: frozenset[int]
+) -> None:
     expected = expected_tensors(spec, set(fused))
     for name, shape in expected.items():
         info = tensors.get(name)
@@ -214,11 +236,16 @@ def _check_tensors(root: Path, spec: ModelSpec, tensors: dict[str, TensorInfo], 
             raise CheckpointError(f"tensor {name!r} is missing (expected by config.json)", root)
         if info.shape != shape:
             raise CheckpointError(
-                f"tensor {name!r} has shape {list(info.shape)} but config.json implies {list(shape)}", info.file
+                f"tensor {name!r} has shape {list(info.shape)} but config.json implies {list(shape)}",
+                info.file,
             )
         if info.dtype not in ("F32", "F16", "BF16", "F64"):
             raise CheckpointError(f"tensor {name!r} has unsupported dtype {info.dtype}", info.file)
-    extra = [n for n in tensors if n not in expected and not (n == "lm_head.weight" and spec.tie_word_embeddings)]
+    extra = [
+        n for n in tensors if n not in expected and not (n == "lm_head.weight" and spec.tie_word_embeddings)
+    ]
     if extra:
         more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
-        raise CheckpointError(f"unexpected tensor(s) {', '.join(extra[:3])}{more} not described by config.json", root)
+        raise CheckpointError(
+            f"unexpected tensor(s) {', '.join(extra[:3])}{more} not described by config.json", root
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .spec import MoEFFN, ModelSpec
+from .spec import ModelSpec, MoEFFN
 
 Shape = tuple[int, ...]
 

@@ -144,7 +144,9 @@ def spec_from_dict(raw: dict[str, Any], path: Path = Path("config.json")) -> Mod
     head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
     positive("head_dim", head_dim)
     if n_heads % n_kv:
-        raise CheckpointError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}", path)
+        raise CheckpointError(
+            f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}", path
+        )
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise UnsupportedError(f"hidden_act {cfg.hidden_act!r} (only silu is supported)", path)
 
@@ -214,7 +216,8 @@ def _ffn_for_layer(family: Family, cfg, i: int, path: Path) -> DenseFFN | MoEFFN
         return DenseFFN(int(cfg.intermediate_size))
     if not 0 < cfg.num_experts_per_tok <= cfg.num_experts:
         raise CheckpointError(
-            f"num_experts_per_tok {cfg.num_experts_per_tok} must be in 1..num_experts ({cfg.num_experts})", path
+            f"num_experts_per_tok {cfg.num_experts_per_tok} must be in 1..num_experts ({cfg.num_experts})",
+            path,
         )
     return MoEFFN(
         num_experts=int(cfg.num_experts),

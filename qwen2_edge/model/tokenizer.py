@@ -9,9 +9,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 
 # Qwen2's pre-tokenizer split (llama.cpp's "qwen2" pre-tokenizer uses the same expression).
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -25,7 +23,16 @@ CHAT_TEMPLATE = (
 
 def train_bpe(texts: Iterable[str], vocab_size: int):
     """Train a Qwen2-style byte-level BPE (NFC, Qwen2 split, byte-level) with the Qwen2 special tokens last."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -123,7 +130,9 @@ class TextTokenizer:
     def chat_template(self) -> str | None:
         return self.config.get("chat_template")
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
         """Token ids of the conversation rendered with the model's chat template (transformers' renderer)."""
         if self._hf is None:
             from transformers import PreTrainedTokenizerFast
@@ -132,7 +141,9 @@ class TextTokenizer:
             self._hf.chat_template = self.chat_template
         if not self.chat_template:
             raise CheckpointError("the tokenizer has no chat_template", self.folder / "tokenizer_config.json")
-        out = self._hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+        out = self._hf.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True
+        )
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     def stop_ids(self, eos_ids: Iterable[int] = ()) -> set[int]:

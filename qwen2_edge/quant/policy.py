@@ -57,7 +57,12 @@ POLICIES: dict[str, QuantPolicy] = {
         QuantPolicy("all", _ROUTING, "every matrix at --quant (router and shared-expert gate float)"),
         QuantPolicy(
             "attn-int8",
-            (*_ROUTING, ("model.embed_tokens.weight", "int8"), ("lm_head.weight", "int8"), ("*.self_attn.*", "int8")),
+            (
+                *_ROUTING,
+                ("model.embed_tokens.weight", "int8"),
+                ("lm_head.weight", "int8"),
+                ("*.self_attn.*", "int8"),
+            ),
             "like default, attention projections int8 too; FFN and experts at --quant",
         ),
     )

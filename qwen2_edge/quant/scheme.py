@@ -26,7 +26,9 @@ class QuantScheme:
         if self.bits not in (4, 8):
             raise UserError(f"unsupported bit width {self.bits} (4 or 8)")
         if self.block_size not in BLOCK_SIZES:
-            raise UserError(f"unsupported block size {self.block_size} (one of {', '.join(map(str, BLOCK_SIZES))})")
+            raise UserError(
+                f"unsupported block size {self.block_size} (one of {', '.join(map(str, BLOCK_SIZES))})"
+            )
 
     @property
     def name(self) -> str:

@@ -38,7 +38,10 @@ FIXTURES: dict[str, FixtureSpec] = {
     "dense_untied": FixtureSpec(tie=False, seed=1),
     # GQA with a single KV head, sliding window 8 on layers >= 1 (Qwen2: i >= max_window_layers).
     "sliding": FixtureSpec(
-        layers=3, kv_heads=1, seed=2, config={"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}
+        layers=3,
+        kv_heads=1,
+        seed=2,
+        config={"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
     ),
     # MoE hybrid: layer 1 dense (mlp_only_layers), 4 experts top-2 + shared expert, untied.
     "moe": FixtureSpec(

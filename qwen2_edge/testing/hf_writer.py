@@ -9,7 +9,12 @@ import torch
 
 from ..model.checkpoint import Checkpoint
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+)
 
 
 def write_hf_checkpoint(src: Checkpoint, tensors: dict[str, torch.Tensor], folder: str | Path) -> Path:
@@ -21,5 +26,9 @@ def write_hf_checkpoint(src: Checkpoint, tensors: dict[str, torch.Tensor], folde
     for f in TOKENIZER_FILES:
         if (src.path / f).is_file():
             shutil.copy(src.path / f, folder / f)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     return folder

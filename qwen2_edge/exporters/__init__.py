@@ -1,0 +1,1 @@
+"""Exporters: ONNX (onnxruntime contrib ops) and GGUF (llama.cpp). Registry in registry.py."""

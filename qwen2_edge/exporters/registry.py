@@ -1,0 +1,107 @@
+"""Export formats and the quant types each can hold: one row per format.
+
+A quant type maps to the QuantScheme our quantizer produces for it (so ONNX int4 and GGUF q4_0 carry the
+same codes), or to None when the format stores floats or makes the type itself (GGUF K-quants).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..quant.scheme import QuantScheme
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    quant: str
+    bytes: int
+    bits_per_weight: float
+    seconds: float
+    plan: list[dict[str, Any]] = field(default_factory=list)  # per-tensor precision decisions
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "quant": self.quant,
+            "bytes": self.bytes,
+            "bits_per_weight": round(self.bits_per_weight, 3),
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            "plan": self.plan,
+        }
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    quants: dict[str, QuantScheme | None]
+    target: str  # "module:function(source, out, quant, qmodel=None, force=False, **options) -> ExportResult"
+    fixed_block_size: int | None = None  # GGUF blocks are 32 wide
+    asym: dict[str, str] = field(default_factory=dict)  # quant -> its asymmetric sibling
+
+    def exporter(self):
+        module, fn = self.target.split(":")
+        return getattr(importlib.import_module(module), fn)
+
+    def scheme(self, quant: str, block_size: int | None = None) -> QuantScheme | None:
+        if quant not in self.quants:
+            raise UserError(
+                f"the {self.name} format cannot hold quant type {quant!r} (choose from {', '.join(self.quants)})"
+            )
+        s = self.quants[quant]
+        if s is None or block_size is None or block_size == s.block_size:
+            return s
+        if self.fixed_block_size is not None:
+            raise UserError(
+                f"{self.name} {quant} uses blocks of {self.fixed_block_size}; --block-size {block_size} is not possible"
+            )
+        return QuantScheme(s.bits, block_size, s.symmetric)
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "onnx",
+            {
+                "f32": None,
+                "f16": None,
+                "int8": QuantScheme(8),
+                "int4": QuantScheme(4),
+                "int4_asym": QuantScheme(4, symmetric=False),
+            },
+            "qwen2_edge.exporters.onnx:export_onnx",
+        ),
+        ExportFormat(
+            "gguf",
+            {
+                "f32": None,
+                "f16": None,
+                "q8_0": QuantScheme(8),
+                "q4_0": QuantScheme(4),
+                "q4_1": QuantScheme(4, symmetric=False),
+                "q5_0": None,
+                "q5_1": None,
+                "q4_k_m": None,
+                "q5_k_m": None,
+                "q6_k": None,
+            },  # fmt: skip
+            "qwen2_edge.exporters.gguf:export_gguf",
+            fixed_block_size=32,
+        ),
+    )
+}
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        raise UserError(f"unknown format {name!r} (choose from {', '.join(FORMATS)})")
+    return FORMATS[name]
