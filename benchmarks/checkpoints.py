@@ -1,0 +1,70 @@
+"""Benchmark checkpoints with real model shapes and random weights, generated locally (no downloads).
+
+    python -m benchmarks.checkpoints OUT_DIR [qwen2-0.5b|moe]
+
+- qwen2-0.5b: the exact Qwen2-0.5B shape (vocab 151,936, hidden 896, intermediate 4,864, 24 layers,
+  14 heads, 2 KV heads, tied embeddings), bf16 like the released model.
+- moe: a Qwen2-MoE hybrid at hidden 896: 16 experts top-4 + shared expert, layer 0 dense, sliding
+  window 512 on the even layers below 6 (Qwen2-MoE's max_window_layers rule).
+The tokenizer is the fixtures' small byte-level BPE; the extra embedding rows are padding, as in Qwen2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from qwen2_edge.testing.fixtures import FixtureSpec, make_checkpoint
+
+BENCH_SPECS: dict[str, FixtureSpec] = {
+    "qwen2-0.5b": FixtureSpec(
+        hidden=896,
+        layers=24,
+        heads=14,
+        kv_heads=2,
+        intermediate=4864,
+        tie=True,
+        vocab_rows=151936,
+        std=0.02,
+        config={"max_position_embeddings": 32768, "rope_theta": 1000000.0},
+    ),
+    "moe": FixtureSpec(
+        architecture="Qwen2MoeForCausalLM",
+        hidden=896,
+        layers=12,
+        heads=14,
+        kv_heads=2,
+        intermediate=4864,
+        tie=True,
+        vocab_rows=151936,
+        std=0.02,
+        config={
+            "num_experts": 16,
+            "num_experts_per_tok": 4,
+            "moe_intermediate_size": 512,
+            "shared_expert_intermediate_size": 2048,
+            "mlp_only_layers": [0],
+            "norm_topk_prob": False,
+            "use_sliding_window": True,
+            "sliding_window": 512,
+            "max_window_layers": 6,
+            "max_position_embeddings": 32768,
+            "rope_theta": 1000000.0,
+        },
+    ),
+}
+
+
+def bench_checkpoint(kind: str, folder: str | Path) -> Path:
+    """Make (once) and return the benchmark checkpoint `kind` in `folder`."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    return make_checkpoint(BENCH_SPECS[kind], folder, dtype="bfloat16")
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    kinds = sys.argv[2:] or list(BENCH_SPECS)
+    for k in kinds:
+        print(bench_checkpoint(k, out / k))
