@@ -11,6 +11,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
     "check": "check",
+    "run": "run",
 }
 
 
