@@ -35,7 +35,9 @@ def valid_configs(draw):
     }
     if draw(st.booleans()):
         cfg["layer_types"] = draw(
-            st.lists(st.sampled_from(["full_attention", "sliding_attention"]), min_size=layers, max_size=layers)
+            st.lists(
+                st.sampled_from(["full_attention", "sliding_attention"]), min_size=layers, max_size=layers
+            )
         )
         cfg["use_sliding_window"] = True
     if moe:
@@ -62,7 +64,11 @@ def test_valid_configs_match_transformers(cfg):
     for layer in spec.layers:
         if family.name == "qwen2moe":
             i = layer.index
-            is_moe = i not in hf_cfg.mlp_only_layers and hf_cfg.num_experts > 0 and (i + 1) % hf_cfg.decoder_sparse_step == 0
+            is_moe = (
+                i not in hf_cfg.mlp_only_layers
+                and hf_cfg.num_experts > 0
+                and (i + 1) % hf_cfg.decoder_sparse_step == 0
+            )
             assert isinstance(layer.ffn, MoEFFN) == is_moe
         else:
             assert not isinstance(layer.ffn, MoEFFN)
@@ -71,7 +77,9 @@ def test_valid_configs_match_transformers(cfg):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=8,
 )
 

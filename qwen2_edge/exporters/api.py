@@ -10,6 +10,21 @@ from ..model.checkpoint import open_checkpoint
 from ..quant.policy import POLICIES
 from .registry import ExportResult, get_format
 
+# Approximate stored bits per weight of 2-D matrices, for the free-disk check before writing.
+_BITS = {"f32": 32, "f16": 16, "int8": 8.5, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_0": 5.5, "q5_1": 6.0}
+_TEMP_F16 = ("q4_k_m", "q5_k_m", "q6_k")  # made by llama.cpp from an f16 file written first
+
+
+def estimate_bytes(spec, quant: str) -> int:
+    from ..model.params import count_params
+
+    c = count_params(spec)
+    bits = _BITS.get(quant, 5.0)  # int4 / q4_0 / q4_1 / q4_k_m are ~4.5-5 bits
+    need = c.matrix * bits / 8 + c.vector * 4
+    if quant in _TEMP_F16:
+        need += c.matrix * 2
+    return int(need)
+
 
 def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
     out = []
@@ -35,13 +50,14 @@ def export_model(
     threads: int | None = None,
     force: bool = False,
 ) -> ExportResult:
-    from ..fsutil import check_output
+    from ..fsutil import check_free_space, check_output
 
     t0 = time.perf_counter()
     target = get_format(fmt)
     scheme = target.scheme(quant, block_size)
     check_output(out, force)  # fail before any expensive work
     ckpt = open_checkpoint(model, need_tokenizer=True)
+    check_free_space(Path(out).parent, estimate_bytes(ckpt.spec, quant))
     qmodel = None
     if scheme is not None:
         from ..quant import quantize_model
