@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..model.checkpoint import open_checkpoint
-from ..quant.policy import POLICIES
+from ..model.checkpoint import Checkpoint, open_checkpoint
+from ..quant.model import QuantizedModel
+from ..quant.policy import POLICIES, QuantPolicy
+from ..quant.scheme import QuantScheme
 from .registry import ExportResult, get_format
 
 # Approximate stored bits per weight of 2-D matrices, for the free-disk check before writing.
@@ -36,6 +38,51 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def make_policy(policy: str = "default", overrides: list[str] | None = None) -> QuantPolicy:
+    if policy not in POLICIES:
+        raise UserError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
+    return POLICIES[policy].with_overrides(parse_overrides(overrides or []))
+
+
+def quantize_for_export(
+    ckpt: Checkpoint,
+    scheme: QuantScheme,
+    method: str = "rtn",
+    policy: QuantPolicy | None = None,
+    calib: list[str] | None = None,
+    calib_tokens: int = 8192,
+) -> QuantizedModel:
+    """Quantize once; the result can feed every exporter (same codes in ONNX and GGUF)."""
+    from ..quant import quantize_model
+
+    kwargs = {"calib": calib or [], "calib_tokens": calib_tokens} if method != "rtn" else {}
+    return quantize_model(ckpt, scheme, policy or make_policy(), method=method, **kwargs)
+
+
+def export_checkpoint(
+    ckpt: Checkpoint,
+    fmt: str,
+    quant: str,
+    out: str | Path,
+    qmodel: QuantizedModel | None = None,
+    force: bool = False,
+    threads: int | None = None,
+) -> ExportResult:
+    """Write one artifact. `qmodel` must be given when the quant type maps to one of our schemes."""
+    from ..fsutil import check_free_space, check_output
+
+    t0 = time.perf_counter()
+    target = get_format(fmt)
+    scheme = target.scheme(quant)
+    if scheme is not None and qmodel is None:
+        raise ValueError(f"{fmt} {quant} needs a QuantizedModel")
+    check_output(out, force)
+    check_free_space(Path(out).parent, estimate_bytes(ckpt.spec, quant))
+    result = target.exporter()(ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
 def export_model(
     model: str | Path,
     fmt: str,
@@ -50,23 +97,18 @@ def export_model(
     threads: int | None = None,
     force: bool = False,
 ) -> ExportResult:
-    from ..fsutil import check_free_space, check_output
+    """Open, quantize if the quant type needs it, and export: `qwen2-edge export` as a function."""
+    from ..fsutil import check_output
 
     t0 = time.perf_counter()
     target = get_format(fmt)
     scheme = target.scheme(quant, block_size)
+    pol = make_policy(policy, overrides)
     check_output(out, force)  # fail before any expensive work
     ckpt = open_checkpoint(model, need_tokenizer=True)
-    check_free_space(Path(out).parent, estimate_bytes(ckpt.spec, quant))
     qmodel = None
     if scheme is not None:
-        from ..quant import quantize_model
-
-        if policy not in POLICIES:
-            raise UserError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
-        pol = POLICIES[policy].with_overrides(parse_overrides(overrides or []))
-        kwargs = {"calib": calib or [], "calib_tokens": calib_tokens} if method != "rtn" else {}
-        qmodel = quantize_model(ckpt, scheme, pol, method=method, **kwargs)
-    result = target.exporter()(ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads)
+        qmodel = quantize_for_export(ckpt, scheme, method, pol, calib, calib_tokens)
+    result = export_checkpoint(ckpt, fmt, quant, out, qmodel=qmodel, force=force, threads=threads)
     result.seconds = time.perf_counter() - t0
     return result
