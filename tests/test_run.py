@@ -147,6 +147,28 @@ def test_f32_exports_generate_the_same_text(fmt, ext, fixture_dir, tmp_path, cap
         assert got[1] == ref[1]
 
 
+@pytest.mark.parametrize("fmt,ext", [("onnx", ""), ("gguf", ".gguf")])
+def test_f32_exports_chat_like_the_reference(fmt, ext, fixture_dir, tmp_path, capsys, monkeypatch):
+    """Chat template (tokenizer_config.json / the GGUF's own), KV reuse and replies agree across runtimes."""
+    from qwen2_edge.runtimes.registry import RUNTIMES
+
+    if not any(e.format == fmt for e in RUNTIMES):
+        pytest.skip(f"no {fmt} runtime registered on this branch yet")
+    from qwen2_edge.exporters.api import export_model
+
+    path = fixture_dir("dense_untied")
+    art = export_model(path, fmt=fmt, quant="f32", out=tmp_path / f"du{ext}").path
+    docs = []
+    for i, model in enumerate((path, art)):
+        t = tmp_path / f"t{i}.json"
+        args = [str(model), "--chat", "--max-new-tokens", "1", "--transcript", str(t)]
+        assert run_cli(args, capsys, stdin="hello there\nwhat is 2+2?\n", monkeypatch=monkeypatch)[0] == 0
+        docs.append(json.loads(t.read_text()))
+    ref, got = docs
+    assert got == ref  # same messages, same context ids, same replies, same cache reuse
+    assert got["turns"][1]["reused_tokens"] > 0
+
+
 def test_text_stream_emits_only_complete_utf8(fixture_dir):
     from qwen2_edge.model.tokenizer import TextTokenizer
     from qwen2_edge.runtimes.streaming import TextStream
