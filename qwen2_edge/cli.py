@@ -11,6 +11,8 @@ import sys
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
+    "pipeline": "pipeline",
+    "demo": "demo",
 }
 
 
