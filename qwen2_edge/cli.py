@@ -13,6 +13,8 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "check": "check",
     "run": "run",
+    "pipeline": "pipeline",
+    "demo": "demo",
 }
 
 
