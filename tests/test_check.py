@@ -177,3 +177,31 @@ def test_f32_export_passes_and_corrupted_export_fails(fmt, ext, fixture_dir, tmp
     assert g["passed"] and g["kld_mean"] < 1e-6 and g["top1_agreement"] == 1 and g["greedy_match"] == 1
     assert g["tokenizer_match"]
     assert not b["passed"] and "max_kld" in b["failed"]
+
+
+def test_token_stats_match_torch():
+    from qwen2_edge.validation.token_stats import compare_logits
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(300, 50, generator=g, dtype=torch.float64) * 3
+    cand = ref + 0.3 * torch.randn(300, 50, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 50, (300,), generator=g)
+    s = compare_logits(ref.float().numpy(), cand.float().numpy(), t.numpy())
+    r, c = ref.float().double(), cand.float().double()  # what the runtimes hand over: float32
+    lr, lc = r.log_softmax(-1), c.log_softmax(-1)
+    kld = torch.nn.functional.kl_div(lc, lr, log_target=True, reduction="none").sum(-1)
+    np.testing.assert_allclose(s.kld, kld.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s.nll, torch.nn.functional.cross_entropy(c, t, reduction="none"), rtol=1e-12)
+    np.testing.assert_allclose(
+        s.nll_ref, torch.nn.functional.cross_entropy(r, t, reduction="none"), rtol=1e-12
+    )
+    top = r.argmax(-1)
+    np.testing.assert_array_equal(s.top1, (top == c.argmax(-1)).numpy())
+    rows = torch.arange(300)
+    np.testing.assert_allclose(s.dp, (lc.exp()[rows, top] - lr.exp()[rows, top]).numpy(), atol=1e-12)
+    np.testing.assert_allclose(s.max_dlogit, (c - r).abs().amax(-1).numpy(), rtol=1e-12)
+    assert 0 < s.top1.mean() < 1 and (s.kld > 0).all()
+    # A runtime that drops the padding rows: compared over the common rows, renormalized there.
+    narrow = compare_logits(ref.float().numpy(), cand[:, :40].float().numpy(), t.clamp(max=39).numpy())
+    wide = compare_logits(ref[:, :40].float().numpy(), cand[:, :40].float().numpy(), t.clamp(max=39).numpy())
+    np.testing.assert_array_equal(narrow.kld, wide.kld)
