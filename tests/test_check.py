@@ -205,3 +205,22 @@ def test_token_stats_match_torch():
     narrow = compare_logits(ref.float().numpy(), cand[:, :40].float().numpy(), t.clamp(max=39).numpy())
     wide = compare_logits(ref[:, :40].float().numpy(), cand[:, :40].float().numpy(), t.clamp(max=39).numpy())
     np.testing.assert_array_equal(narrow.kld, wide.kld)
+
+
+def test_broken_logits_fail_every_gate_without_crashing():
+    from qwen2_edge.validation.gates import DEFAULT_LIMITS, evaluate
+    from qwen2_edge.validation.summary import summarize
+    from qwen2_edge.validation.token_stats import compare_logits
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(20, 30)).astype(np.float32)
+    t = rng.integers(0, 30, 20)
+    huge = ref * 1e4  # mean NLL in the thousands: perplexity saturates to inf instead of overflowing
+    nan = ref.copy()
+    nan[3, 5] = np.nan
+    for cand in (huge, nan):
+        summary = summarize(compare_logits(ref, cand, t))
+        gates = evaluate(summary, DEFAULT_LIMITS)
+        assert not gates["max_kld"] and not gates["max_dppl"], (summary, gates)
+    assert summarize(compare_logits(ref, huge, t))["ppl"] == math.inf
+    assert not evaluate(summarize(compare_logits(ref, nan, t)), DEFAULT_LIMITS)["finite"]

@@ -25,20 +25,27 @@ def mean_and_stderr(x: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(float(np.var(x)) / (n - 1))  # two-pass variance: exact zero for constants
 
 
+def _exp(x: float) -> float:
+    """exp that saturates to inf instead of raising (a broken artifact can have a mean NLL > 709)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def perplexity(nll: np.ndarray) -> tuple[float, float]:
     """(exp(mean NLL), its standard error)."""
     m, e = mean_and_stderr(nll)
-    ppl = math.exp(m)
+    ppl = _exp(m)
     return ppl, ppl * e
 
 
 def delta_perplexity(nll: np.ndarray, nll_ref: np.ndarray) -> tuple[float, float]:
     """ppl(cand) - ppl(ref) and its standard error, with the covariance of the two runs."""
-    ppl = math.exp(float(np.mean(nll)))
-    ppl_ref = math.exp(float(np.mean(nll_ref)))
+    ppl = _exp(float(np.mean(nll)))
+    ppl_ref = _exp(float(np.mean(nll_ref)))
     # Error propagation of exp() (d ppl = ppl * d mean NLL) with the covariance of the two runs:
     # var(ppl) + var(ppl_ref) - 2 cov, computed as the variance of the per-token linearized difference
     # (algebraically llama.cpp's formula, but without its cancellation when the runs are identical).
+    if not (math.isfinite(ppl) and math.isfinite(ppl_ref)):
+        return ppl - ppl_ref, math.nan
     d = ppl * np.asarray(nll, np.float64) - ppl_ref * np.asarray(nll_ref, np.float64)
     _, err = mean_and_stderr(d)
     return ppl - ppl_ref, err
