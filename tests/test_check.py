@@ -224,3 +224,22 @@ def test_broken_logits_fail_every_gate_without_crashing():
         assert not gates["max_kld"] and not gates["max_dppl"], (summary, gates)
     assert summarize(compare_logits(ref, huge, t))["ppl"] == math.inf
     assert not evaluate(summarize(compare_logits(ref, nan, t)), DEFAULT_LIMITS)["finite"]
+
+
+def test_kv_cache_bug_fails_the_decode_gate(fixture_dir):
+    """Guards the decode-vs-prefill gate: a runtime whose cache forgets the context must fail it."""
+    from qwen2_edge.runtimes.reference import ReferenceSession
+    from qwen2_edge.validation.compare import CheckOptions, check_artifacts
+
+    class ForgetfulCache(ReferenceSession):  # the real transformers model, with a stale-cache bug
+        def append(self, ids):
+            self.reset()
+            return super().append(ids)
+
+    path = fixture_dir(FIXTURE)
+    good, bad = ReferenceSession(path), ForgetfulCache(path)
+    res = check_artifacts(path, [good, bad], CheckOptions(ctx=48, chunks=1, greedy_prompts=0, progress=False))
+    g, b = res.artifacts
+    assert g.passed and g.summary["decode_kld_max"] < 1e-9
+    assert b.failed == ["max_decode_kld"] and b.summary["decode_kld_max"] > 1e-2
+    assert b.summary["kld_mean"] == 0  # prefill itself is untouched by the bug

@@ -63,6 +63,8 @@ def print_table(res, out=sys.stdout) -> None:
             f"same top-1          {100 * s['top1_agreement']:.3f} +/- {100 * s['top1_err']:.3f} %{star('min_top1')}",
             f"RMS dp / mean dp    {100 * s['rms_dp']:.4f} % / {100 * s['mean_dp']:+.4f} +/- {100 * s['mean_dp_err']:.4f} %",
             f"max |dlogit|        {s['max_dlogit']:.4g}",
+            f"decode vs prefill   KLD max {s['decode_kld_max']:.3g}, max |dlogit| {s['decode_max_dlogit']:.3g}"
+            f"{star('max_decode_kld')}",
             f"greedy match        {100 * a.greedy_match:.0f}% of prompts (first difference: {greedy or '-'})",
         ]
         if not a.gates.get("finite", True):

@@ -169,6 +169,22 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def decode_consistency(session: Session, chunk: list[int], n_decode: int) -> tuple[float, float]:
+    """The artifact's KV-cache decode path against its own prefill on the last n_decode tokens of a chunk.
+
+    Independent of quantization (both paths use the same weights), so any difference beyond kernel
+    rounding is a cache bug: wrong positions, a sliding window applied differently while decoding, a
+    stale cache. Returns (max KL divergence, max |dlogit|) between the two paths.
+    """
+    prefill = session.logits(chunk)[-n_decode:]
+    session.reset()
+    session.append(chunk[:-n_decode])
+    steps = np.concatenate([session.append([t]) for t in chunk[-n_decode:]])
+    session.reset()
+    st = compare_logits(prefill, steps, np.zeros(n_decode, dtype=np.int64))
+    return float(st.kld.max()), float(st.max_dlogit.max())
+
+
 def _reference_forward(ref, ids: list[int], want_router: bool) -> tuple[np.ndarray, list[np.ndarray]]:
     """Reference logits for a chunk, plus the router logits of its MoE layers (one forward pass)."""
     if not want_router:
@@ -299,6 +315,8 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
             first_difference(g, s.greedy(p, opts.greedy_new_tokens))
             for p, g in zip(prompts, ref_gen, strict=True)
         ]
+        dec_kld, dec_dlogit = decode_consistency(s, chunks[0], min(16, ctx - score_from))
+        summary["decode_kld_max"], summary["decode_max_dlogit"] = dec_kld, dec_dlogit
         seconds[i] += time.perf_counter() - t0
         if widths[i] != ref_logits.shape[1]:
             notes.append(

@@ -33,6 +33,10 @@ GATES: tuple[Gate, ...] = (
     Gate("min_top1", "top1_agreement", False, 0.90, "--min-top1", "smallest top-1 agreement allowed"),
     Gate("max_dppl", "delta_ppl_rel", True, 0.05, "--max-dppl",
          "largest perplexity increase allowed, relative to the reference (0.05 = +5%%)"),
+    # The artifact's KV-cache decode against its own prefill: same weights, so only kernel rounding
+    # (~1e-6 at worst) is expected; a cache bug (positions, sliding window, stale entries) is far above.
+    Gate("max_decode_kld", "decode_kld_max", True, 1e-3, "--max-decode-kld",
+         "largest KL divergence allowed between the artifact's cached decode and its own prefill"),
 )  # fmt: skip
 
 DEFAULT_LIMITS: dict[str, float] = {g.name: g.default for g in GATES}

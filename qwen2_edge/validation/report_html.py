@@ -106,7 +106,7 @@ def render_html(res: CheckResult) -> str:
     e = html.escape
     ref = res.reference
     head = ["artifact", "format", "runtime", "quant", "PPL", "dPPL", "mean KLD", "KLD p99", "KLD p99.9",
-            "KLD max", "top-1 %", "RMS dp %", "mean dp %", "max |dlogit|", "greedy match", "result"]  # fmt: skip
+            "KLD max", "top-1 %", "RMS dp %", "mean dp %", "max |dlogit|", "decode/prefill KLD", "greedy match", "result"]  # fmt: skip
     rows = [_row(head, tag="th")]
     for a in res.artifacts:
         s, f = a.summary, set(a.failed)
@@ -117,10 +117,11 @@ def render_html(res: CheckResult) -> str:
             f"{s['kld_mean']:.4g} ± {s['kld_err']:.2g}", f"{s['kld_p99']:.4g}", f"{s['kld_p999']:.4g}",
             f"{s['kld_max']:.4g}", f"{100 * s['top1_agreement']:.2f} ± {100 * s['top1_err']:.2f}",
             f"{100 * s['rms_dp']:.4f}", f"{100 * s['mean_dp']:+.4f}", f"{s['max_dlogit']:.4g}",
-            f"{100 * a.greedy_match:.0f}%", "PASS" if a.passed else "FAIL: " + ", ".join(a.failed),
+            f"{s['decode_kld_max']:.3g}", f"{100 * a.greedy_match:.0f}%", "PASS" if a.passed else "FAIL: " + ", ".join(a.failed),
         ]  # fmt: skip
         bad = [False] * len(cells)
-        bad[5], bad[6], bad[10], bad[15] = "max_dppl" in f, "max_kld" in f, "min_top1" in f, not a.passed
+        bad[5], bad[6], bad[10] = "max_dppl" in f, "max_kld" in f, "min_top1" in f
+        bad[14], bad[16] = "max_decode_kld" in f, not a.passed
         rows.append(_row(cells, bad))
     figs = [("KL divergence along the token position", plot_kld_by_position(res)),
             ("Per-artifact quality (red: gate failed)", plot_artifact_bars(res))]  # fmt: skip
