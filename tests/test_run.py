@@ -206,3 +206,19 @@ def test_ctrl_c_stops_generation_cleanly(fixture_dir):
     assert chat.messages[-1] == {"role": "assistant", "content": turn.reply}
     seen.clear()
     assert chat.say("again", lambda s: None).stats.reused_tokens == 0
+
+
+def test_generation_stops_at_a_stop_token_and_hides_it(fixture_dir):
+    from qwen2_edge.runtimes import open_session
+    from qwen2_edge.runtimes.streaming import stream_generate
+
+    session = open_session(fixture_dir("dense_untied"))
+    prompt = session.encode(PROMPT)
+    free = session.greedy(prompt, 6)
+    stop = free[3]
+    pieces: list[str] = []
+    ids, stats = stream_generate(session, prompt, 50, on_text=pieces.append, stop_ids={stop})
+    assert ids == free[: free.index(stop) + 1] and stats.stopped_by == "stop"
+    assert "".join(pieces) == session.decode(ids[:-1])  # the stop token itself is not printed
+    assert session.tokenizer.token_id("<|im_end|>") in session.stop_ids()
+    assert set(session.spec.eos_token_id) <= session.stop_ids()
