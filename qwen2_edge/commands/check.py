@@ -34,15 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing --json / --report files")
 
 
-def _fmt(x, spec: str = ".4g") -> str:
-    return "-" if x is None else format(x, spec)
+def _num(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1e5 else f"{x:.4e}"
 
 
 def print_table(res, out=sys.stdout) -> None:
     """llama.cpp-perplexity-style statistics, one block per artifact; a failing gate's value is starred."""
     ref = res.reference
     print(
-        f"reference {ref['path']} ({ref['runtime']}): PPL = {ref['ppl']:.4f} +/- {ref['ppl_err']:.4f} "
+        f"reference {ref['path']} ({ref['runtime']}): PPL = {_num(ref['ppl'])} +/- {_num(ref['ppl_err'])} "
         f"over {ref['tokens']} tokens ({res.chunks} chunks x ctx {res.ctx}, scored from {res.score_from})",
         file=out,
     )
@@ -55,7 +55,7 @@ def print_table(res, out=sys.stdout) -> None:
         greedy = ", ".join("=" if d is None else str(d) for d in a.greedy_first_diff)
         print(f"\n{'PASS' if a.passed else 'FAIL'}  {a.path}  [{a.format}, {a.runtime}, {a.quant}]", file=out)
         lines = [
-            f"PPL                 {s['ppl']:.4f} +/- {s['ppl_err']:.4f}",
+            f"PPL                 {_num(s['ppl'])} +/- {_num(s['ppl_err'])}",
             f"dPPL                {s['delta_ppl']:+.4g} +/- {s['delta_ppl_err']:.4g} "
             f"({100 * s['delta_ppl_rel']:+.3f}%){star('max_dppl')}",
             f"mean KLD            {s['kld_mean']:.6g} +/- {s['kld_err']:.3g}{star('max_kld')}",

@@ -23,6 +23,11 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _num(x: float) -> str:
+    """Perplexities of broken or random models can reach 1e200: scientific notation beyond 1e5."""
+    return f"{x:.4f}" if abs(x) < 1e5 else f"{x:.4e}"
+
+
 def _label(path: str) -> str:
     return Path(path).name or path
 
@@ -112,7 +117,7 @@ def render_html(res: CheckResult) -> str:
         s, f = a.summary, set(a.failed)
         cells = [
             a.path, a.format, a.runtime, a.quant,
-            f"{s['ppl']:.4f} ± {s['ppl_err']:.4f}",
+            f"{_num(s['ppl'])} ± {_num(s['ppl_err'])}",
             f"{s['delta_ppl']:+.4g} ± {s['delta_ppl_err']:.3g} ({100 * s['delta_ppl_rel']:+.2f}%)",
             f"{s['kld_mean']:.4g} ± {s['kld_err']:.2g}", f"{s['kld_p99']:.4g}", f"{s['kld_p999']:.4g}",
             f"{s['kld_max']:.4g}", f"{100 * s['top1_agreement']:.2f} ± {100 * s['top1_err']:.2f}",
@@ -141,7 +146,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#
 td:first-child{{text-align:left}} .bad{{background:#fbb;font-weight:bold}} img{{max-width:100%}}</style>
 </head><body>
 <h1>qwen2-edge check: {verdict}</h1>
-<p>Reference <code>{e(ref["path"])}</code> ({e(ref["runtime"])}, float32): PPL {ref["ppl"]:.4f} ± {ref["ppl_err"]:.4f}
+<p>Reference <code>{e(ref["path"])}</code> ({e(ref["runtime"])}, float32): PPL {_num(ref["ppl"])} ± {_num(ref["ppl_err"])}
 over {ref["tokens"]} scored tokens; text {e(res.text_source)} ({res.text_tokens} tokens), {res.chunks} chunks of
 {res.ctx} tokens, positions from {res.score_from} scored. Gates: {e(limits)}.</p>
 <table>{"".join(rows)}</table>
@@ -155,9 +160,14 @@ def write_report(res: CheckResult, path: str | Path, force: bool = False) -> Pat
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot's first import in this process
+    import warnings
+
     from ..fsutil import atomic_file
 
-    text = render_html(res)
+    with warnings.catch_warnings():
+        # e.g. a log axis whose bars all sit at the floor: matplotlib widens the limits and says so
+        warnings.simplefilter("ignore", UserWarning)
+        text = render_html(res)
     with atomic_file(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)

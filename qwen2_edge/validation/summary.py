@@ -53,6 +53,13 @@ def delta_perplexity(nll: np.ndarray, nll_ref: np.ndarray) -> tuple[float, float
 
 def summarize(s: TokenStats) -> dict[str, float]:
     """Every per-artifact number of the check report (JSON-ready floats; NaN when undefined)."""
+    # A broken artifact can give perplexities near the float range; inf/NaN then propagate to the
+    # gates (which fail on them) instead of warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _summarize(s)
+
+
+def _summarize(s: TokenStats) -> dict[str, float]:
     ppl, ppl_err = perplexity(s.nll)
     ppl_ref, _ = perplexity(s.nll_ref)
     dppl, dppl_err = delta_perplexity(s.nll, s.nll_ref)
