@@ -39,10 +39,14 @@ class OnnxSession(Session):
                 str(self.path / MODEL_FILE), opts, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # a truncated or foreign file: one line, not a traceback
-            raise ArtifactError(f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path) from None
+            raise ArtifactError(
+                f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path
+            ) from None
         self.quant = _manifest_quant(self.path)
         self._tok: TextTokenizer | None = None
-        self._past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past_names = [
+            i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")
+        ]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
         self.reset()
 

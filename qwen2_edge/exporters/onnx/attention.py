@@ -28,7 +28,9 @@ def inverse_frequencies(spec: ModelSpec) -> tuple[np.ndarray, float]:
         return inv, 1.0
     rope_type = spec.rope_scaling.get("rope_type", spec.rope_scaling.get("type"))
     if rope_type == "dynamic":
-        raise UnsupportedError("dynamic RoPE scaling changes with sequence length; a fixed cache cannot hold it")
+        raise UnsupportedError(
+            "dynamic RoPE scaling changes with sequence length; a fixed cache cannot hold it"
+        )
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     if rope_type not in ROPE_INIT_FUNCTIONS:

@@ -31,7 +31,9 @@ COPIED_FILES = (
     "vocab.json",
     "merges.txt",
 )
-DEFAULT_ACCURACY_LEVEL = 4  # int8 activations in MatMulNBits/QMoE: measured faster (benchmarks/onnx_decode.py)
+DEFAULT_ACCURACY_LEVEL = (
+    4  # int8 activations in MatMulNBits/QMoE: measured faster (benchmarks/onnx_decode.py)
+)
 
 
 def export_onnx(
@@ -66,7 +68,9 @@ def export_onnx(
         for name in COPIED_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copy(ckpt.path / name, tmp / name)
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(ckpt.spec, MODEL_FILE, threads), indent=2))
+        (tmp / "genai_config.json").write_text(
+            json.dumps(genai_config(ckpt.spec, MODEL_FILE, threads), indent=2)
+        )
         manifest = _manifest(ckpt, quant, weights, graph.op_counts(), plan, external)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     nbytes = sum(f.stat().st_size for f in out.iterdir() if f.name in (MODEL_FILE, DATA_FILE))

@@ -1,8 +1,11 @@
 """Qwen2-MoE sparse block: ONE com.microsoft.MoE / QMoE node for the routed experts + the dense shared expert.
 
 Routing matches transformers' Qwen2MoeSparseMoeBlock: softmax over the router logits, top-k, and (only
-when norm_topk_prob) renormalized over the k chosen; onnxruntime's kernel takes the logits and does the
-softmax itself (`normalize_routing_weights` = norm_topk_prob). Experts are SwiGLU with gate and up fused
+when norm_topk_prob) renormalized over the k chosen; onnxruntime's kernels take the logits and do the
+softmax themselves (`normalize_routing_weights` = norm_topk_prob). Measured quirk of the CPU QMoE kernel
+(onnxruntime 1.32): it renormalizes over the top-k even with normalize_routing_weights=0, so for
+norm_topk_prob=False we also feed its `router_weights` input = softmax over all experts, whose gathered
+values it then mixes with unchanged (guarded by the `moe` fixture's int4 test). Experts are SwiGLU with gate and up fused
 into FC1 *interleaved* row by row (swiglu_fusion=1: rows g0, u0, g1, u1, ...), activation
 silu(g) * u (activation_alpha=1, activation_beta=0, no clamp). The shared expert's output is scaled by
 sigmoid(shared_expert_gate(x)) and added.
@@ -56,7 +59,10 @@ def _experts(g: Graph, w: Weights, node: str, x: str, router: str, prefix: str, 
             f"{prefix}*: the routed experts of one layer must share one quantization (QMoE holds one)"
         )
     scheme = qs[0].scheme
-    for dim, what in ((w.spec.hidden_size, "hidden_size"), (ffn.expert_intermediate, "moe_intermediate_size")):
+    for dim, what in (
+        (w.spec.hidden_size, "hidden_size"),
+        (ffn.expert_intermediate, "moe_intermediate_size"),
+    ):
         if dim % scheme.block_size:
             raise UnsupportedError(f"QMoE needs {what} {dim} divisible by the block size {scheme.block_size}")
     fc1 = pack_nbits(interleave_quantized(qs[0], qs[1]))
@@ -71,10 +77,15 @@ def _experts(g: Graph, w: Weights, node: str, x: str, router: str, prefix: str, 
         g.weight(base + "down_proj.scales", fc2.scales),
         "",
     ]
+    optional = ["", "", "", "", "", ""]  # fc3 weights/scales/bias, fc1/fc2/fc3 zero points
     if not scheme.symmetric:
-        z1 = g.weight(base + "gate_up_proj.qzeros", fc1.zeros)
-        z2 = g.weight(base + "down_proj.qzeros", fc2.zeros)
-        inputs += ["", "", "", z1, z2]
+        optional[3] = g.weight(base + "gate_up_proj.qzeros", fc1.zeros)
+        optional[4] = g.weight(base + "down_proj.qzeros", fc2.zeros)
+    if not ffn.norm_topk_prob:
+        optional.append(g.op("Softmax", [router], f"{node}/router_weights/Softmax", axis=-1))
+    while optional and not optional[-1]:
+        optional.pop()
+    inputs += optional
     return g.op(
         "QMoE",
         inputs,
@@ -85,4 +96,3 @@ def _experts(g: Graph, w: Weights, node: str, x: str, router: str, prefix: str, 
         accuracy_level=w.accuracy_level,
         **attrs,
     )
-

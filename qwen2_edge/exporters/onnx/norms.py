@@ -6,7 +6,9 @@ from .graph import MS_DOMAIN, Graph
 
 
 def rms_norm(g: Graph, node: str, x: str, gamma: str, eps: float) -> str:
-    return g.op("SimplifiedLayerNormalization", [x, gamma], f"{node}/LayerNorm", axis=-1, epsilon=eps, stash_type=1)
+    return g.op(
+        "SimplifiedLayerNormalization", [x, gamma], f"{node}/LayerNorm", axis=-1, epsilon=eps, stash_type=1
+    )
 
 
 def skip_rms_norm(g: Graph, node: str, x: str, skip: str, gamma: str, eps: float) -> tuple[str, str]:
