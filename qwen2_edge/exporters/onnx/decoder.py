@@ -44,27 +44,28 @@ def build_decoder(w: Weights) -> Graph:
     rotary = rotary_caches(g, spec)
     eps = spec.rms_norm_eps
     residual, table = embedding(g, w, ids)
-    normed = None
+    branch = None  # output of the previous sublayer, not yet added to the residual stream
     for layer in spec.layers:
-        i, p, node = layer.index, f"model.layers.{layer.index}.", f"/model/layers.{layer.index}"
-        gamma = w.float_input(g, p + "input_layernorm.weight", w.array(p + "input_layernorm.weight"))
-        if normed is None:
-            normed = rms_norm(g, f"{node}/input_layernorm", residual, gamma, eps)
+        p, node = f"model.layers.{layer.index}.", f"/model/layers.{layer.index}"
+        gamma = _norm_weight(g, w, p + "input_layernorm.weight")
+        if branch is None:
+            x = rms_norm(g, f"{node}/input_layernorm", residual, gamma, eps)
         else:
-            normed, residual = skip_rms_norm(g, f"{node}/input_layernorm", residual, normed, gamma, eps)
-        attn = _attention(g, w, f"{node}/attn", normed, layer, seqlens_k, total_len, rotary)
-        gamma = w.float_input(
-            g, p + "post_attention_layernorm.weight", w.array(p + "post_attention_layernorm.weight")
-        )
-        normed, residual = skip_rms_norm(g, f"{node}/post_attention_layernorm", residual, attn, gamma, eps)
+            x, residual = skip_rms_norm(g, f"{node}/input_layernorm", residual, branch, gamma, eps)
+        branch = _attention(g, w, f"{node}/attn", x, layer, seqlens_k, total_len, rotary)
+        gamma = _norm_weight(g, w, p + "post_attention_layernorm.weight")
+        x, residual = skip_rms_norm(g, f"{node}/post_attention_layernorm", residual, branch, gamma, eps)
         if layer.ffn.kind == "moe":
-            normed = sparse_moe_block(g, w, f"{node}/moe", normed, i, layer.ffn)
+            branch = sparse_moe_block(g, w, f"{node}/moe", x, layer.index, layer.ffn)
         else:
-            normed = swiglu_mlp(g, w, f"{node}/mlp", normed, p + "mlp.", layer.ffn.intermediate)
-    gamma = w.float_input(g, "model.norm.weight", w.array("model.norm.weight"))
-    final, _ = skip_rms_norm(g, "/model/norm", residual, normed, gamma, eps)
+            branch = swiglu_mlp(g, w, f"{node}/mlp", x, p + "mlp.", layer.ffn.intermediate)
+    final, _ = skip_rms_norm(g, "/model/norm", residual, branch, _norm_weight(g, w, "model.norm.weight"), eps)
     lm_head(g, w, final, table, "logits")
     return g
+
+
+def _norm_weight(g: Graph, w: Weights, name: str) -> str:
+    return w.float_input(g, name, w.array(name))
 
 
 def _attention_lengths(g: Graph, mask: str) -> tuple[str, str]:
