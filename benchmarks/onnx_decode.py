@@ -64,12 +64,6 @@ def set_threads(folder: Path, threads: int) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
-def best_of(repeats: int, run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s): the best of `repeats` runs of each (a shared machine is noisy)."""
-    results = [run() for _ in range(repeats)]
-    return max(r[0] for r in results), max(r[1] for r in results)
-
-
 def time_genai(folder: Path, prompt: list[int], new: int) -> tuple[float, float]:
     import onnxruntime_genai as og
 
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-moe", action="store_true")
     ap.add_argument("--skip-variants", action="store_true", help="only the default export vs the builder")
     args = ap.parse_args(argv)
@@ -123,53 +117,59 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     prompt = [int(t) for t in np.random.default_rng(0).integers(0, 300, size=args.prompt)]
-    rows: list[tuple[str, str, float, float, int]] = []
+    runners: list[tuple[str, str, Callable[[], tuple[float, float]], int]] = []  # model, engine, run, bytes
 
     dense = bench_checkpoint("qwen2-0.5b", args.ckpt_dir / "qwen2-0.5b")
     print(f"Qwen2-0.5B shape: {dense}", flush=True)
     builder = build_with_genai_builder(dense, args.out / "builder-int4")
-    variants = [("ours int4 acc4", 4, [])]
+    variants = [("ours int4 acc4 lm_head int4", 4, ["model.embed_tokens.weight=int4"])]
     if not args.skip_variants:
-        variants += [("ours int4 acc0", 0, []), ("ours int4 acc4 lm_head int4", 4, ["model.embed_tokens.weight=int4"])]
+        variants += [("ours int4 acc4", 4, []), ("ours int4 acc0", 0, [])]
     folders = {"genai builder int4": builder}
     for label, level, overrides in variants:
         folders[label] = export_ours(dense, args.out / label.replace(" ", "-"), level, overrides)
     for label, folder in folders.items():
         set_threads(folder, args.threads)
-        pre, dec = best_of(args.repeats, time_genai(folder, prompt, args.new))
-        rows.append(("qwen2-0.5b", f"{label} / genai", pre, dec, folder_bytes(folder)))
-        print(f"  {rows[-1]}", flush=True)
+        runners.append(
+            ("qwen2-0.5b", f"{label} / genai", time_genai(folder, prompt, args.new), folder_bytes(folder))
+        )
         if label.startswith("ours"):
             session = OnnxSession(folder, threads=args.threads)
-            pre, dec = best_of(args.repeats, time_session(session, prompt, args.new))
-            rows.append(("qwen2-0.5b", f"{label} / OnnxSession", pre, dec, folder_bytes(folder)))
-            print(f"  {rows[-1]}", flush=True)
-            del session
+            run = time_session(session, prompt, args.new)
+            runners.append(("qwen2-0.5b", f"{label} / OnnxSession", run, folder_bytes(folder)))
 
     if not args.skip_moe:
-        import torch
-
         from qwen2_edge.runtimes.reference import ReferenceSession
 
         moe = bench_checkpoint("moe", args.ckpt_dir / "moe")
         print(f"MoE shape: {moe}", flush=True)
         ours = export_ours(moe, args.out / "moe-ours-int4-acc4", 4, [])
         set_threads(ours, args.threads)
-        pre, dec = best_of(args.repeats, time_genai(ours, prompt, args.new))
-        rows.append(("moe", "ours int4 acc4 / genai", pre, dec, folder_bytes(ours)))
-        session = OnnxSession(ours, threads=args.threads)
-        pre, dec = best_of(args.repeats, time_session(session, prompt, args.new))
-        rows.append(("moe", "ours int4 acc4 / OnnxSession", pre, dec, folder_bytes(ours)))
-        del session
-        torch.set_num_threads(args.threads)
-        ref = ReferenceSession(moe, threads=args.threads)
-        pre, dec = best_of(1, time_session(ref, prompt, args.new))
-        rows.append(("moe", "transformers eager f32", pre, dec, 0))
-        del ref
+        runners.append(
+            ("moe", "ours int4 acc4 / genai", time_genai(ours, prompt, args.new), folder_bytes(ours))
+        )
+        run = time_session(OnnxSession(ours, threads=args.threads), prompt, args.new)
+        runners.append(("moe", "ours int4 acc4 / OnnxSession", run, folder_bytes(ours)))
+        run = time_session(ReferenceSession(moe, threads=args.threads), prompt, args.new)
+        runners.append(("moe", "transformers eager f32", run, 0))
+
+    # Round-robin over the engines, best of `repeats` each: load from other processes on a shared
+    # machine then hits every engine alike instead of whichever happened to run during a busy minute.
+    results: dict[str, list[tuple[float, float]]] = {engine: [] for _, engine, _, _ in runners}
+    for r in range(args.repeats):
+        for model, engine, run, _ in runners:
+            results[engine].append(run())
+            print(f"  round {r + 1}: {model} {engine}: {results[engine][-1]}", flush=True)
+    rows = [
+        (model, engine, max(p for p, _ in results[engine]), max(d for _, d in results[engine]), nbytes)
+        for model, engine, _, nbytes in runners
+    ]
 
     base = {m: next(r[3] for r in rows if r[0] == m) for m in {r[0] for r in rows}}
     base["moe"] = next((r[3] for r in rows if r[1] == "transformers eager f32"), 1.0)
-    print(f"\n{args.threads} threads, {args.prompt}-token prompt, {args.new} generated, best of {args.repeats}")
+    print(
+        f"\n{args.threads} threads, {args.prompt}-token prompt, {args.new} generated, best of {args.repeats}"
+    )
     print(f"{'model':11} {'engine':42} {'prefill tok/s':>13} {'decode tok/s':>12} {'vs base':>8} {'MiB':>7}")
     for model, engine, pre, dec, nbytes in rows:
         ratio = dec / base[model]
