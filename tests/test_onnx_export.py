@@ -131,6 +131,28 @@ def test_quantized_equals_dequantized_float(name, quant, exported, tmp_path):
         assert np.abs(got - expected).max() < 0.2 * np.abs(expected - float_logits).max()
 
 
+def test_block_padding_and_external_data(fixture_dir, tmp_path):
+    """Block 128 > hidden 64: codes are padded to whole blocks (MatMulNBits K, GatherBlockQuantized +
+    Slice); weights in model.onnx.data. Still exactly the dequantized float model."""
+    ckpt = open_checkpoint(fixture_dir("dense"))
+    qmodel = quantize_model(ckpt, parse_scheme("int4", block_size=128), "default")
+    assert qmodel.tensors["model.embed_tokens.weight"].padded
+    out = export_onnx(ckpt, tmp_path / "b128", "int4", qmodel=qmodel, accuracy_level=0, external_data=True).path
+    assert (out / "model.onnx.data").is_file()
+    expected = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq")).logits(IDS)
+    assert np.abs(OnnxSession(out).logits(IDS) - expected).max() <= 1e-3
+
+
+def test_qmoe_block_larger_than_expert_width_is_a_user_error(fixture_dir, tmp_path):
+    from qwen2_edge.errors import UnsupportedError
+
+    ckpt = open_checkpoint(fixture_dir("moe"))
+    qmodel = quantize_model(ckpt, parse_scheme("int4", block_size=64), "default")
+    with pytest.raises(UnsupportedError, match="divisible by the block size"):
+        export_onnx(ckpt, tmp_path / "x", "int4", qmodel=qmodel)
+    assert not (tmp_path / "x").exists()
+
+
 def test_int8_activations_stay_close(exported, tmp_path):
     folder, qmodel = exported("dense", "int4", accuracy_level=4)
     expected = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq")).logits(IDS)
