@@ -28,8 +28,13 @@ def _is_hf(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file() and not (p / "model.onnx").exists()
 
 
+def _is_onnx(p: Path) -> bool:
+    return p.is_dir() and (p / "model.onnx").is_file()
+
+
 RUNTIMES: list[RuntimeEntry] = [
     RuntimeEntry("hf", "transformers", _is_hf, "qwen2_edge.runtimes.reference:ReferenceSession"),
+    RuntimeEntry("onnx", "onnxruntime", _is_onnx, "qwen2_edge.runtimes.onnxruntime:OnnxSession"),
 ]
 
 
