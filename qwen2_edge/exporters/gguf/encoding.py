@@ -188,7 +188,7 @@ def _p(i: int, suffix: str) -> str:
 def _plain(i: int, get, suffixes) -> Iterator[OutTensor]:
     for suf in suffixes:
         w = get(_p(i, suf))
-        yield OutTensor(gguf_name(_p(i, suf)), w, "vector" if w.ndim == 1 else "matrix")
+        yield OutTensor(gguf_name(_p(i, suf)), w, "vector" if len(w.shape) == 1 else "matrix")
 
 
 def _attention(enc: Encoding, i: int, get) -> Iterator[OutTensor]:

@@ -40,7 +40,7 @@ def store(t: OutTensor, gq: GGUFQuant, float_type: GGMLQuantizationType) -> Stor
     w = t.weight
     shape = tuple(w.shape)
     F32 = GGMLQuantizationType.F32
-    if t.role in ("vector", "router") or w.ndim < 2:
+    if t.role in ("vector", "router") or len(shape) < 2:
         return Stored(to_float(w), shape, F32)
     if gq.maker == "ours":
         if isinstance(w, QuantizedTensor):
@@ -81,7 +81,8 @@ def write_gguf(
     plan = WritePlan()
     for t in tensors:
         s = store(t, gq, float_type)
-        w.add_tensor(t.name, s.data, raw_shape=s.shape if s.raw_dtype else None, raw_dtype=s.raw_dtype)
+        # Quantized data goes in as uint8 rows of blocks; gguf derives the element shape from the byte shape.
+        w.add_tensor(t.name, s.data, raw_dtype=s.raw_dtype)
         plan.n_elements += int(np.prod(s.shape))
         plan.rows.append({"tensor": t.name, "shape": list(s.shape), "type": s.ggml_type.name})
         if s.fallback:
