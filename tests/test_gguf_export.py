@@ -196,7 +196,12 @@ def test_tokenizer_matches_hf(fixture_dir, tmp_path):
 
     result, _ = _export(fixture_dir("dense"), tmp_path, "q8_0")
     hf = TextTokenizer(fixture_dir("dense"))
-    texts = [TEXT, "   leading spaces\n\n\n\ttabs  \n", "12345678901234567890", "<|im_start|>user\nhi<|im_end|>"]
+    texts = [
+        TEXT,
+        "   leading spaces\n\n\n\ttabs  \n",
+        "12345678901234567890",
+        "<|im_start|>user\nhi<|im_end|>",
+    ]
     with LlamaCppSession(result.path, threads=2) as s:
         for text in texts:
             assert s.encode(text) == hf.encode(text), text
@@ -241,7 +246,17 @@ def test_cli_export_gguf(fixture_dir, tmp_path, capsys):
     from qwen2_edge.cli import main
 
     out = tmp_path / "moe.gguf"
-    argv = ["export", str(fixture_dir("moe")), "--format", "gguf", "--quant", "q4_0", "--out", str(out), "--json"]
+    argv = [
+        "export",
+        str(fixture_dir("moe")),
+        "--format",
+        "gguf",
+        "--quant",
+        "q4_0",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(argv) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "gguf" and info["bytes"] == out.stat().st_size
@@ -288,3 +303,31 @@ def test_no_file_left_behind_on_failure(fixture_dir, tmp_path, monkeypatch):
         _export(fixture_dir("dense"), tmp_path, "f32")
     assert not list(tmp_path.iterdir())
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_1"])
+def test_ffn_width_not_multiple_of_32_is_padded_exactly(quant, tmp_path):
+    """Like the teacher's SwiGLU 688: the FFN is widened with zero rows/columns so every matrix still
+    carries our codes (no float fallback), and llama.cpp still computes our dequantized model."""
+    from qwen2_edge.exporters.registry import get_format
+    from qwen2_edge.model.checkpoint import open_checkpoint
+    from qwen2_edge.quant import quantize_model
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.runtimes.reference import ReferenceSession
+    from qwen2_edge.testing import make_checkpoint
+    from qwen2_edge.testing.fixtures import FixtureSpec
+
+    path = make_checkpoint(FixtureSpec(intermediate=88, tie=False, seed=5), tmp_path / "w88")
+    ckpt = open_checkpoint(path, need_tokenizer=True)
+    qmodel = quantize_model(ckpt, get_format("gguf").scheme(quant))
+    result, _ = _export(path, tmp_path, quant, qmodel=qmodel)
+    rows = {r["tensor"]: r for r in result.plan}
+    assert rows["blk.0.ffn_down.weight"]["shape"] == [64, 96]
+    assert rows["blk.0.ffn_down.weight"]["type"] == quant.upper()
+    assert any("padded with zeros" in n for n in result.notes)
+    deq = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq"))
+    ids = _ids(deq)
+    want = deq.logits(ids)
+    with LlamaCppSession(result.path, threads=2) as s:
+        got = s.logits(ids)
+    assert np.abs(got - want).max() <= KERNEL_TOL * want.std()

@@ -104,7 +104,9 @@ class LlamaCppSession(Session):
                 verbose=False,
             )
         except (ValueError, RuntimeError) as e:
-            raise ArtifactError(f"llama.cpp cannot load this GGUF file ({' '.join(str(e).split())})", self.path) from None
+            raise ArtifactError(
+                f"llama.cpp cannot load this GGUF file ({' '.join(str(e).split())})", self.path
+            ) from None
         self.n_ctx = n_ctx
         self.n_vocab = self.llm.n_vocab()
         self._n = 0

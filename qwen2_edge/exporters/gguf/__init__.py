@@ -38,7 +38,7 @@ def export_gguf(
         raise UserError(f"the gguf format cannot hold quant type {quant!r} (choose from {', '.join(QUANTS)})")
     gq = QUANTS[quant]
     out = Path(out)
-    enc = choose_encoding(ckpt.spec, str(ckpt.path))
+    enc = choose_encoding(ckpt.spec, str(ckpt.path), ffn_multiple=1 if gq.maker == "float" else 32)
     if gq.maker == "ours" and qmodel is None:
         from ...quant import quantize_model
         from ..registry import get_format
@@ -67,7 +67,9 @@ def export_gguf(
     if vocab.n_placeholders:
         notes.append(f"{vocab.n_placeholders} embedding rows beyond the tokenizer written as [PAD] tokens")
     if gq.maker == "llama.cpp":
-        notes.append(f"{quant} made by llama.cpp's llama_model_quantize from an f16 GGUF (tensor plan is the f16 one)")
+        notes.append(
+            f"{quant} made by llama.cpp's llama_model_quantize from an f16 GGUF (tensor plan is the f16 one)"
+        )
     return ExportResult(
         path=out,
         format="gguf",

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from ...errors import UnsupportedError
-from ...model.checkpoint import Checkpoint
 from ...model.spec import DenseFFN, ModelSpec, MoEFFN
 from . import rewrite
 from .names import ATTN_SINKS, block_name, gguf_name
@@ -50,13 +49,33 @@ class Encoding:
     arch: str
     spec: ModelSpec
     notes: list[str] = field(default_factory=list)
+    # FFN widths are rounded up to this multiple with zero rows/columns (exact) so that a width such as
+    # 688 still packs into 32-wide quant blocks; 1 for float files.
+    ffn_multiple: int = 1
+
+    def width(self, n: int) -> int:
+        m = self.ffn_multiple
+        return -(-n // m) * m
 
     @property
     def norm_rope(self) -> bool:
         return self.arch == "granite_swa"
 
 
-def choose_encoding(spec: ModelSpec, source: str = "model") -> Encoding:
+def choose_encoding(spec: ModelSpec, source: str = "model", ffn_multiple: int = 1) -> Encoding:
+    enc = _choose(spec, source)
+    enc.ffn_multiple = ffn_multiple
+    widths = [layer.ffn.intermediate for layer in spec.layers if isinstance(layer.ffn, DenseFFN)]
+    widths += [w for f in (layer.ffn for layer in spec.layers) if isinstance(f, MoEFFN)
+               for w in (f.expert_intermediate, f.shared_intermediate)]  # fmt: skip
+    if any(enc.width(w) != w for w in widths):
+        enc.notes.append(
+            f"FFN widths padded with zeros to multiples of {ffn_multiple} (exact) for block quantization"
+        )
+    return enc
+
+
+def _choose(spec: ModelSpec, source: str) -> Encoding:
     """The exact llama.cpp encoding of this model, or a one-line UnsupportedError saying what to do."""
     if spec.rope_scaling and spec.rope_scaling.get("rope_type") != "linear":
         raise UnsupportedError(
@@ -125,7 +144,10 @@ def metadata(enc: Encoding) -> list[tuple[str, Any]]:
         (f"{a}.context_length", s.max_position_embeddings),
         (f"{a}.embedding_length", s.hidden_size),
         (f"{a}.block_count", s.num_layers),
-        (f"{a}.feed_forward_length", max(dense_ff) if dense_ff else int(s.config.get("intermediate_size", 0))),
+        (
+            f"{a}.feed_forward_length",
+            enc.width(max(dense_ff)) if dense_ff else int(s.config.get("intermediate_size", 0)),
+        ),
         (f"{a}.attention.head_count", s.num_heads),
         (f"{a}.attention.head_count_kv", s.num_kv_heads),
         (f"{a}.attention.key_length", s.head_dim),
@@ -135,14 +157,17 @@ def metadata(enc: Encoding) -> list[tuple[str, Any]]:
         (f"{a}.attention.layer_norm_rms_epsilon", float(s.rms_norm_eps)),
     ]
     if s.rope_scaling:  # linear only (choose_encoding refuses the rest)
-        kv += [(f"{a}.rope.scaling.type", "linear"), (f"{a}.rope.scaling.factor", float(s.rope_scaling["factor"]))]
+        kv += [
+            (f"{a}.rope.scaling.type", "linear"),
+            (f"{a}.rope.scaling.factor", float(s.rope_scaling["factor"])),
+        ]
     if a == "qwen2moe":
         f = _moe(s)
         kv += [
             (f"{a}.expert_count", f.num_experts),
             (f"{a}.expert_used_count", f.top_k),
-            (f"{a}.expert_feed_forward_length", expert_width(s)),
-            (f"{a}.expert_shared_feed_forward_length", f.shared_intermediate),
+            (f"{a}.expert_feed_forward_length", enc.width(expert_width(s))),
+            (f"{a}.expert_shared_feed_forward_length", enc.width(f.shared_intermediate)),
         ]
     if a == "granite_swa":
         kv += [
@@ -174,7 +199,7 @@ def tensors(enc: Encoding, get: Callable[[str], Weight]) -> Iterator[OutTensor]:
         if enc.arch == "qwen2moe":
             yield from _moe_ffn(enc, layer.index, get)
         else:
-            yield from _plain(layer.index, get, ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"))
+            yield from _dense_ffn(enc, layer.index, get)
     yield OutTensor("output_norm.weight", get("model.norm.weight"), "vector")
     # Always written, tied or not: llama.cpp's qwen2moe loader requires output.weight.
     head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
@@ -189,6 +214,15 @@ def _plain(i: int, get, suffixes) -> Iterator[OutTensor]:
     for suf in suffixes:
         w = get(_p(i, suf))
         yield OutTensor(gguf_name(_p(i, suf)), w, "vector" if len(w.shape) == 1 else "matrix")
+
+
+def _dense_ffn(enc: Encoding, i: int, get) -> Iterator[OutTensor]:
+    I_w = enc.width(enc.spec.layers[i].ffn.intermediate)
+    for p in ("gate_proj", "up_proj"):
+        name = _p(i, f"mlp.{p}.weight")
+        yield OutTensor(gguf_name(name), rewrite.pad_rows(get(name), I_w), "matrix")
+    name = _p(i, "mlp.down_proj.weight")
+    yield OutTensor(gguf_name(name), rewrite.pad_cols(get(name), I_w), "matrix")
 
 
 def _attention(enc: Encoding, i: int, get) -> Iterator[OutTensor]:
@@ -210,17 +244,26 @@ def _attention(enc: Encoding, i: int, get) -> Iterator[OutTensor]:
 def _moe_ffn(enc: Encoding, i: int, get) -> Iterator[OutTensor]:
     s = enc.spec
     f = _moe(s)
-    E, k, I_x, S = f.num_experts, f.top_k, expert_width(s), f.shared_intermediate
+    E, k, I_x, S = f.num_experts, f.top_k, enc.width(expert_width(s)), enc.width(f.shared_intermediate)
     H = s.hidden_size
     names = {p: gguf_name(_p(i, f"mlp.experts.{p}")) for p in ("gate_proj", "up_proj", "down_proj")}
-    shexp = {p: gguf_name(_p(i, f"mlp.shared_expert.{p}.weight")) for p in ("gate_proj", "up_proj", "down_proj")}
+    shexp = {
+        p: gguf_name(_p(i, f"mlp.shared_expert.{p}.weight")) for p in ("gate_proj", "up_proj", "down_proj")
+    }
     if isinstance(s.layers[i].ffn, MoEFFN):
         yield OutTensor(gguf_name(_p(i, "mlp.gate.weight")), get(_p(i, "mlp.gate.weight")), "router")
-        yield OutTensor(names["gate_proj"], rewrite.pad_rows(get(_p(i, "mlp.experts.gate_proj")), I_x), "matrix")
+        yield OutTensor(
+            names["gate_proj"], rewrite.pad_rows(get(_p(i, "mlp.experts.gate_proj")), I_x), "matrix"
+        )
         yield OutTensor(names["up_proj"], rewrite.pad_rows(get(_p(i, "mlp.experts.up_proj")), I_x), "matrix")
-        yield OutTensor(names["down_proj"], rewrite.pad_cols(get(_p(i, "mlp.experts.down_proj")), I_x), "matrix")
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            yield OutTensor(shexp[p], get(_p(i, f"mlp.shared_expert.{p}.weight")), "matrix")
+        yield OutTensor(
+            names["down_proj"], rewrite.pad_cols(get(_p(i, "mlp.experts.down_proj")), I_x), "matrix"
+        )
+        for p in ("gate_proj", "up_proj"):
+            w = rewrite.pad_rows(get(_p(i, f"mlp.shared_expert.{p}.weight")), S)
+            yield OutTensor(shexp[p], w, "matrix")
+        w = rewrite.pad_cols(get(_p(i, "mlp.shared_expert.down_proj.weight")), S)
+        yield OutTensor(shexp["down_proj"], w, "matrix")
         gate = rewrite.to_float(get(_p(i, "mlp.shared_expert_gate.weight"))).reshape(H)
         yield OutTensor(gguf_name(_p(i, "mlp.shared_expert_gate.weight")), gate, "vector")
         return
@@ -235,7 +278,9 @@ def _moe_ffn(enc: Encoding, i: int, get) -> Iterator[OutTensor]:
         down = rewrite.scale_pow2(down, ratio)
     else:  # one float32 rounding per weight: exact in the maths, last-bit in the numbers
         down = rewrite.to_float(down) * np.float32(ratio)
-        enc.notes.append(f"layer {i}: dense down projection scaled by E/k = {ratio:g} in float32 (not a power of 2)")
+        enc.notes.append(
+            f"layer {i}: dense down projection scaled by E/k = {ratio:g} in float32 (not a power of 2)"
+        )
     yield OutTensor(names["down_proj"], rewrite.stack_copies(down, E), "matrix")
     yield OutTensor(shexp["gate_proj"], np.zeros((S, H), np.float32), "matrix")
     yield OutTensor(shexp["up_proj"], np.zeros((S, H), np.float32), "matrix")

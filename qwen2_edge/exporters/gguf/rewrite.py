@@ -63,8 +63,12 @@ def pad_cols(w: Weight, cols: int) -> Weight:
         return w
     if isinstance(w, QuantizedTensor):
         b = w.scheme.block_size
-        if w.padded or k % b or cols % b:
+        k_pad = w.codes.shape[-1]
+        if cols < k_pad or (cols - k_pad) % b:
             return pad_cols(w.dequantize(), cols)
+        # Our quantizer already padded the codes to whole blocks. The padded columns only ever multiply
+        # inputs that are exactly 0 (zero rows appended to the layer before), so their codes are irrelevant.
+        k = k_pad
         nb = (cols - k) // b
         lead = w.codes.shape[:-1]
         return dataclasses.replace(

@@ -31,11 +31,15 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
     raw = json.loads(path.read_text(encoding="utf-8"))
     model = raw.get("model", {})
     if model.get("type") != "BPE":
-        raise UnsupportedError(f"tokenizer model {model.get('type')!r} (GGUF export needs byte-level BPE)", path)
+        raise UnsupportedError(
+            f"tokenizer model {model.get('type')!r} (GGUF export needs byte-level BPE)", path
+        )
     rows = ckpt.spec.vocab_size
     vocab = tok.tok.get_vocab(with_added_tokens=True)
     if vocab and max(vocab.values()) >= rows:
-        raise CheckpointError(f"tokenizer has ids up to {max(vocab.values())} but only {rows} embedding rows", path)
+        raise CheckpointError(
+            f"tokenizer has ids up to {max(vocab.values())} but only {rows} embedding rows", path
+        )
     added = {a["id"]: a for a in raw.get("added_tokens", [])}
     by_id = {i: t for t, i in vocab.items()}
     tokens, types = [], []

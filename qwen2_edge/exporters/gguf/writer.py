@@ -25,7 +25,9 @@ class Stored:
 
     @property
     def raw_dtype(self) -> GGMLQuantizationType | None:
-        return None if self.ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) else self.ggml_type
+        return (
+            None if self.ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) else self.ggml_type
+        )
 
 
 @dataclass
@@ -72,7 +74,9 @@ def write_gguf(
 ) -> WritePlan:
     w = GGUFWriter(str(path), enc.arch, use_temp_file=True)
     w.add_name(name)
-    w.add_file_type(int(gq.file_type) if gq.maker != "llama.cpp" else (1 if float_type == GGMLQuantizationType.F16 else 0))
+    w.add_file_type(
+        int(gq.file_type) if gq.maker != "llama.cpp" else (1 if float_type == GGMLQuantizationType.F16 else 0)
+    )
     if gq.maker in ("ours", "gguf"):
         w.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in kv:
