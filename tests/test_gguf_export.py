@@ -86,6 +86,23 @@ def test_sliding_window_is_encoded_not_ignored(fixture_dir, tmp_path):
     assert np.abs(full[12:] - windowed[12:]).max() > 50 * F32_TOL
 
 
+def test_tied_moe_writes_output_weight(tmp_path):
+    """Guards llama.cpp's qwen2moe loader error "tensor 'output.weight' not found" on tied MoE models."""
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.runtimes.reference import ReferenceSession
+    from qwen2_edge.testing import FIXTURES, make_checkpoint
+    from qwen2_edge.testing.fixtures import FixtureSpec
+
+    spec = FixtureSpec(**{**FIXTURES["moe"].__dict__, "tie": True, "seed": 6})
+    path = make_checkpoint(spec, tmp_path / "moe_tied")
+    result, _ = _export(path, tmp_path, "f32")
+    assert "output.weight" in {r["tensor"] for r in result.plan}
+    ref = ReferenceSession(path)
+    ids = _ids(ref)
+    with LlamaCppSession(result.path, threads=2) as s:
+        assert np.abs(s.logits(ids) - ref.logits(ids)).max() <= F32_TOL
+
+
 def test_moe_hybrid_dense_layer_is_rewritten_exactly(fixture_dir, tmp_path):
     from gguf import GGUFReader
 

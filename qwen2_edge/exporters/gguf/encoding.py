@@ -201,9 +201,13 @@ def tensors(enc: Encoding, get: Callable[[str], Weight]) -> Iterator[OutTensor]:
         else:
             yield from _dense_ffn(enc, layer.index, get)
     yield OutTensor("output_norm.weight", get("model.norm.weight"), "vector")
-    # Always written, tied or not: llama.cpp's qwen2moe loader requires output.weight.
-    head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
-    yield OutTensor("output.weight", get(head), "output")
+    # llama.cpp's qwen2moe loader requires output.weight even when the checkpoint ties it (measured:
+    # "tensor 'output.weight' not found"), so it is written there; the qwen2 and granite_swa loaders reuse
+    # token_embd when it is absent, as llama.cpp's own converter relies on (and the file stays smaller).
+    if not s.tie_word_embeddings:
+        yield OutTensor("output.weight", get("lm_head.weight"), "output")
+    elif enc.arch == "qwen2moe":
+        yield OutTensor("output.weight", get("model.embed_tokens.weight"), "output")
 
 
 def _p(i: int, suffix: str) -> str:
