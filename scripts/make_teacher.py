@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from qwen2_edge.data import corpus
+from qwen2_edge.distill.config import TrainConfig
 from qwen2_edge.distill.data import pack_texts
-from qwen2_edge.distill.trainer import TrainConfig, evaluate, train
+from qwen2_edge.distill.trainer import evaluate, train
 from qwen2_edge.fsutil import atomic_dir
 from qwen2_edge.model.builtin import BUILTINS
 from qwen2_edge.model.tokenizer import save_tokenizer, special_ids, train_bpe

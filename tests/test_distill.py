@@ -17,8 +17,9 @@ import torch
 from qwen2_edge.cli import main
 from qwen2_edge.data import corpus
 from qwen2_edge.distill.api import load_data, load_teacher
+from qwen2_edge.distill.config import TrainConfig
 from qwen2_edge.distill.student import DEFAULT_STUDENT, build_student
-from qwen2_edge.distill.trainer import TrainConfig, train, weight_digest
+from qwen2_edge.distill.trainer import train, weight_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -51,25 +51,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--init-layers", type=_int_list, help="teacher layer to initialize each student layer from"
     )
-    t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=60)
-    t.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per process")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--seq-len", type=int, default=256)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--warmup", type=int, default=6)
-    t.add_argument("--min-lr-ratio", type=float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=0.1)
-    t.add_argument("--alpha", type=float, default=0.2, help="weight of cross-entropy; 1-alpha on tau^2*KL")
-    t.add_argument("--tau", type=float, default=2.0, help="distillation temperature")
-    t.add_argument("--aux-weight", type=float, default=0.02, help="router load-balancing loss weight")
-    t.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--heldout-fraction", type=float, default=0.05)
-    t.add_argument("--eval-every", type=int, default=0, help="held-out ppl/KL/expert load every N steps")
+    from ..distill.config import DEMO_CONFIG as D
+    from ..distill.config import DEMO_SEQ_LEN
+
+    t = p.add_argument_group("training (defaults: the demo's ~2-3 minute CPU run)")
+    t.add_argument("--steps", type=int, default=D.steps)
     t.add_argument(
-        "--eval-max-seqs", type=int, default=64, help="held-out sequences per evaluation (0 = all)"
+        "--batch-size", type=int, default=D.batch_size, help="sequences per micro-batch per process"
+    )
+    t.add_argument("--grad-accum", type=int, default=D.grad_accum)
+    t.add_argument("--seq-len", type=int, default=DEMO_SEQ_LEN)
+    t.add_argument("--lr", type=float, default=D.lr)
+    t.add_argument("--warmup", type=int, default=D.warmup)
+    t.add_argument("--min-lr-ratio", type=float, default=D.min_lr_ratio)
+    t.add_argument("--weight-decay", type=float, default=D.weight_decay)
+    t.add_argument(
+        "--alpha", type=float, default=D.alpha, help="weight of cross-entropy; 1-alpha on tau^2*KL"
+    )
+    t.add_argument("--tau", type=float, default=D.tau, help="distillation temperature")
+    t.add_argument("--aux-weight", type=float, default=D.aux_weight, help="router load-balancing loss weight")
+    t.add_argument("--dtype", choices=("fp32", "bf16"), default=D.dtype)
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    t.add_argument("--seed", type=int, default=D.seed)
+    t.add_argument("--heldout-fraction", type=float, default=0.05)
+    t.add_argument(
+        "--eval-every", type=int, default=D.eval_every, help="held-out ppl/KL/expert load every N steps"
+    )
+    t.add_argument(
+        "--eval-max-seqs",
+        type=int,
+        default=D.eval_max_seqs,
+        help="held-out sequences per evaluation (0 = all)",
     )
     t.add_argument(
         "--ckpt-every", type=int, default=0, help="trainer checkpoint every N steps (for --resume)"
@@ -82,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..distill.api import distill
+    from ..distill.config import TrainConfig
     from ..distill.student import DEFAULT_STUDENT, StudentSpec
-    from ..distill.trainer import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,15 +12,17 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from ..fsutil import atomic_dir, check_output
+from .config import DEMO_CONFIG, DEMO_SEQ_LEN, TrainConfig
 from .data import PackedData, pack_files, pack_texts
 from .student import DEFAULT_STUDENT, StudentSpec, build_student, resolve_config
-from .trainer import TrainConfig, TrainResult, evaluate, rank_digests, train
+from .trainer import TrainResult, evaluate, rank_digests, train
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -97,7 +99,7 @@ def distill(
     data_files: Sequence[str | Path] | None,
     out: str | Path,
     config: TrainConfig | None = None,
-    seq_len: int = 256,
+    seq_len: int = DEMO_SEQ_LEN,
     heldout_fraction: float = 0.05,
     force: bool = False,
     resume: bool = False,
@@ -111,7 +113,7 @@ def distill(
     """
     import torch.distributed as dist
 
-    cfg = config or TrainConfig()
+    cfg = config or replace(DEMO_CONFIG)
     rank, world, cfg.device = _setup_distributed(cfg.device)
     say = (log or (lambda m: None)) if rank == 0 else (lambda m: None)
     out = Path(out)
