@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
+    "distill": "distill",
     "pipeline": "pipeline",
     "demo": "demo",
 }
