@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "check": "check",
     "run": "run",
+    "distill": "distill",
     "pipeline": "pipeline",
     "demo": "demo",
 }
