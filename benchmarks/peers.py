@@ -168,10 +168,13 @@ sys.exit(1 if rc else 0)
 """
 
 
+def quantize_command(src: str | Path, dst: str | Path, ftype: str = "q4_0", threads: int = 2) -> list[str]:
+    return [PYTHON, "-c", _QUANTIZE_SNIPPET, str(src), str(dst), ftype, str(threads)]
+
+
 def run_quantize(src: str | Path, dst: str | Path, ftype: str = "q4_0", threads: int = 2) -> RunStats:
     """llama.cpp's own quantizer (`llama_model_quantize`) from `src` GGUF to `dst`, measured."""
-    cmd = [PYTHON, "-c", _QUANTIZE_SNIPPET, str(src), str(dst), ftype, str(threads)]
-    return run_measured(cmd, f"llama.cpp quantize {ftype}")
+    return run_measured(quantize_command(src, dst, ftype, threads), f"llama.cpp quantize {ftype}")
 
 
 # -- onnxruntime-genai model builder ------------------------------------------------------------------

@@ -59,12 +59,24 @@ class RawTiming:
 
 
 def measure_in_subprocess(
-    path: str | Path, opts: BenchOptions, sweep_contexts: list[int] | None = None
+    path: str | Path,
+    opts: BenchOptions,
+    sweep_contexts: list[int] | None = None,
+    session_target: str | None = None,
 ) -> RawTiming:
-    """Run the measurement of `path` in a fresh interpreter and return its timings."""
+    """Run the measurement of `path` in a fresh interpreter and return its timings.
+
+    session_target ("module:Class", a Session taking (path, threads=)) measures the artifact in another
+    runtime than the registry's, e.g. onnxruntime-genai over an ONNX folder in benchmarks/.
+    """
     root = str(Path(__file__).resolve().parents[2])  # the tree holding this qwen2_edge package
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    request = {"path": str(path), "opts": opts.to_json(), "sweep": sweep_contexts or []}
+    request = {
+        "path": str(path),
+        "opts": opts.to_json(),
+        "sweep": sweep_contexts or [],
+        "session": session_target,
+    }
     with tempfile.TemporaryDirectory(prefix="qwen2-edge-bench-") as tmp:
         out = Path(tmp) / "timing.json"
         cmd = [sys.executable, "-m", "qwen2_edge.bench.measure", json.dumps(request), str(out)]
@@ -146,11 +158,18 @@ def child_main(request: dict[str, Any], out: Path) -> None:
 
     opts = BenchOptions(**request["opts"])
     path = resolve_model_path(request["path"])
-    entry = detect_format(path)
-    importlib.import_module(entry.target.split(":")[0])  # runtime libraries count in the baseline
+    target = request.get("session") or detect_format(path).target
+    module, cls = target.split(":")
+    factory = getattr(importlib.import_module(module), cls)  # runtime libraries count in the baseline
     baseline = _rss_mb()
     t0 = time.perf_counter()
-    session = entry.open(path, threads=opts.threads)
+    session = factory(path, threads=opts.threads)
+    # A runtime that preallocates its cache for a maximum length is told the longest context used here.
+    longest = max(
+        [opts.prompt_tokens + opts.gen_tokens] + [c + opts.window_gen_tokens for c in request["sweep"]]
+    )
+    if hasattr(session, "reserve"):
+        session.reserve(longest + 8)
     load_s = time.perf_counter() - t0
     prompt = _prompt(session, opts.prompt_tokens)
     _round(session, prompt, min(opts.warmup_tokens, opts.gen_tokens))

@@ -19,20 +19,36 @@ def sweep_contexts(window: int | None, opts: BenchOptions) -> list[int]:
     return [window, 4 * window, 8 * window]
 
 
-def bench_artifact(path: str | Path, opts: BenchOptions, bw: Bandwidth, label: str = "") -> BenchResult:
-    """One artifact: timings from a fresh child process, bytes per token from its tensors."""
+def bench_artifact(
+    path: str | Path,
+    opts: BenchOptions,
+    bw: Bandwidth,
+    label: str = "",
+    session_target: str | None = None,
+) -> BenchResult:
+    """One artifact: timings from a fresh child process, bytes per token from its tensors.
+
+    session_target: measure through this Session class ("module:Class") instead of the registry's."""
     from ..model.builtin import resolve_model_path
     from ..runtimes.registry import detect_format
 
     p = resolve_model_path(path)
-    entry = detect_format(p)  # a one-line error for a path no runtime opens, before any child starts
-    inv = inventory(p, entry.format)
-    timing = measure_in_subprocess(p, opts, sweep_contexts(inv.geometry.max_window, opts))
+    if session_target:
+        import importlib
+
+        module, cls = session_target.split(":")
+        fmt = getattr(importlib.import_module(module), cls).format
+        runtime_name = getattr(importlib.import_module(module), cls).runtime
+    else:
+        entry = detect_format(p)  # a one-line error for a path no runtime opens, before any child starts
+        fmt, runtime_name = entry.format, entry.runtime
+    inv = inventory(p, fmt)
+    timing = measure_in_subprocess(p, opts, sweep_contexts(inv.geometry.max_window, opts), session_target)
     if timing.kv_bytes_per_element:  # the runtime knows its cache type better than the file does
         inv.geometry = replace(inv.geometry, kv_bytes_per_element=timing.kv_bytes_per_element)
     # The cache holds prompt + half the generated tokens on average over the decode.
     step = bytes_per_token(inv, opts.prompt_tokens + opts.gen_tokens // 2)
-    return build_result(p, label or entry.runtime, timing, inv, step, bw, opts)
+    return build_result(p, label or runtime_name, timing, inv, step, bw, opts)
 
 
 def bench_artifacts(
