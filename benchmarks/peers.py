@@ -18,6 +18,7 @@ Every tool runs as a child process; `run_measured` reports its wall time and its
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,24 @@ class RunStats:
         return d
 
 
+# Forks and waits for the measured command from a small, freshly exec'd process. Linux carries the
+# exec'ing process's memory high-water mark into the child's ru_maxrss (via fork + exec), so a command
+# started directly from a large parent (a benchmark that holds checkpoints or a bandwidth buffer) would
+# report at least the parent's peak. This launcher's own footprint is the floor instead (~10 MB).
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"maxrss_kib": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_measured(
     cmd: list[str],
     label: str = "",
@@ -61,26 +80,33 @@ def run_measured(
     cwd: str | Path | None = None,
     timeout_s: float = 3600.0,
 ) -> RunStats:
-    """Run `cmd`, return its wall time and peak RSS (ru_maxrss of that child alone, via wait4)."""
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        deadline = t0 + timeout_s
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        tail = log.read()[-4000:].decode("utf-8", "replace")
-    # Linux reports ru_maxrss in KiB.
-    return RunStats(label or Path(cmd[0]).name, wall, usage.ru_maxrss / 1024, proc.returncode, tail)
+    """Run `cmd`, return its wall time and peak RSS (wait4's ru_maxrss of that process alone)."""
+    with tempfile.TemporaryDirectory(prefix="qwen2-edge-run-") as tmp:
+        report = Path(tmp) / "rusage.json"
+        log_path = Path(tmp) / "log"
+        with log_path.open("w+b") as log:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [PYTHON, "-c", _LAUNCHER, str(report), *cmd],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # a timeout kills the whole group, launcher and command
+            )
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            wall = time.perf_counter() - t0
+        tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace")
+        if report.is_file():
+            r = json.loads(report.read_text())
+            rss_mb, code = r["maxrss_kib"] / 1024, r["code"]  # Linux reports ru_maxrss in KiB
+        else:
+            rss_mb, code = 0.0, proc.returncode or -9
+    return RunStats(label or Path(cmd[0]).name, wall, rss_mb, code, tail)
 
 
 # -- llama.cpp converter ------------------------------------------------------------------------------
