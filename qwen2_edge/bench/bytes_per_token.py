@@ -349,8 +349,8 @@ def _gguf_inventory(path: Path, kv_bytes: float | None) -> Inventory:
     experts = field(f"{arch}.expert_count")
     used = field(f"{arch}.expert_used_count")
     frac = int(used) / int(experts) if experts and used else 1.0
-    # llama.cpp keeps an f16 cache unless the runtime asks for another type.
-    geom = DecodeGeometry(n_layers, kv_heads, head_dim, windows, frac, kv_bytes or 2.0)
+    # Our llama.cpp session keeps a float32 cache (type_k/type_v, for parity); llama.cpp's default is f16.
+    geom = DecodeGeometry(n_layers, kv_heads, head_dim, windows, frac, kv_bytes or 4.0)
     return Inventory("gguf", tensors, geom)
 
 

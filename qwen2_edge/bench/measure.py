@@ -158,6 +158,7 @@ def _sweep(session, prompt: list[int], contexts: list[int], gen: int) -> dict[st
 
 def child_main(request: dict[str, Any], out: Path) -> None:
     import importlib
+    import inspect
 
     from ..model.builtin import resolve_model_path
     from ..runtimes.registry import detect_format
@@ -167,15 +168,19 @@ def child_main(request: dict[str, Any], out: Path) -> None:
     target = request.get("session") or detect_format(path).target
     module, cls = target.split(":")
     factory = getattr(importlib.import_module(module), cls)  # runtime libraries count in the baseline
-    baseline = _rss_mb()
-    t0 = time.perf_counter()
-    session = factory(path, threads=opts.threads)
-    # A runtime that preallocates its cache for a maximum length is told the longest context used here.
-    longest = max(
+    # A runtime that sizes its cache up front is given the longest context this run uses (+ slack), so
+    # every artifact in a runtime gets the same cache size, whatever that runtime's default.
+    longest = 8 + max(
         [opts.prompt_tokens + opts.gen_tokens] + [c + opts.window_gen_tokens for c in request["sweep"]]
     )
+    kwargs: dict[str, Any] = {"threads": opts.threads}
+    if "n_ctx" in inspect.signature(factory).parameters:
+        kwargs["n_ctx"] = longest
+    baseline = _rss_mb()
+    t0 = time.perf_counter()
+    session = factory(path, **kwargs)
     if hasattr(session, "reserve"):
-        session.reserve(longest + 8)
+        session.reserve(longest)
     load_s = time.perf_counter() - t0
     prompt = _prompt(session, opts.prompt_tokens)
     _round(session, prompt, min(opts.warmup_tokens, opts.gen_tokens))
