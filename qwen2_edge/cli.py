@@ -12,6 +12,8 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
     "bench": "bench",
+    "pipeline": "pipeline",
+    "demo": "demo",
 }
 
 
