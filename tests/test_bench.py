@@ -73,3 +73,29 @@ def test_bench_bad_artifact_is_one_line_error(tmp_path, capsys):
     assert main(["bench", str(bogus)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing.bin" in err[0] and "not a recognized model artifact" in err[0]
+
+
+def test_bench_onnx_and_gguf_artifacts_write_positive_json(fixture_dir, tmp_path):
+    """Issue 9's evidence: bench runs a tiny fixture's ONNX and GGUF exports in their own runtimes."""
+    from qwen2_edge.exporters.api import export_model
+
+    ckpt = fixture_dir("sliding")  # windowed layers: both formats encode them exactly
+    onnx_dir = export_model(ckpt, "onnx", "int4", tmp_path / "m-int4").path
+    gguf_file = export_model(ckpt, "gguf", "q4_0", tmp_path / "m-q4_0.gguf").path
+    out = tmp_path / "bench.json"
+    rc = main(
+        ["bench", str(onnx_dir), str(gguf_file), "--prompt-tokens", "12", "--gen-tokens", "6",
+         "--repeat", "1", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "llama.cpp"]
+    assert [r["path"] for r in rows] == [str(onnx_dir), str(gguf_file)]
+    for row in rows:
+        for key in REQUIRED_KEYS[2:]:
+            assert row[key] > 0, (row["runtime"], key)
+        # quantized: above int4's 4 bits (scales, float norms, int8 embeddings), far below float32's 32
+        assert 4 < row["bits_per_weight"] < 16
+        # both artifacts carry the window, and the sweep decoded at w, 4w, 8w
+        assert row["window"] == 8
+        assert sorted(int(c) for c in row["window_decode_tok_s"]) == [8, 32, 64]

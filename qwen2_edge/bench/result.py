@@ -59,7 +59,8 @@ class BenchResult:
     window_decode_tok_s: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        # Significant digits, not decimals: a tiny fixture's roofline fraction is ~1e-5 and must stay > 0.
+        return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def build_result(
