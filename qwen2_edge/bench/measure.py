@@ -209,7 +209,23 @@ def child_main(request: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(asdict(timing)))
 
 
+def _exit_with_parent() -> None:
+    """A benchmark child must not outlive the bench that started it (and keep loading the cores)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 if __name__ == "__main__":
+    _exit_with_parent()
     try:
         child_main(json.loads(sys.argv[1]), Path(sys.argv[2]))
     except UserError as e:
