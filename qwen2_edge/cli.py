@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "check": "check",
     "run": "run",
     "distill": "distill",
+    "bench": "bench",
     "pipeline": "pipeline",
     "demo": "demo",
 }
