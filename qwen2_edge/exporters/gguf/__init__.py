@@ -38,7 +38,12 @@ def export_gguf(
         raise UserError(f"the gguf format cannot hold quant type {quant!r} (choose from {', '.join(QUANTS)})")
     gq = QUANTS[quant]
     out = Path(out)
-    enc = choose_encoding(ckpt.spec, str(ckpt.path), ffn_multiple=1 if gq.maker == "float" else 32)
+    enc = choose_encoding(
+        ckpt.spec,
+        str(ckpt.path),
+        ffn_multiple=1 if gq.maker == "float" else 32,
+        weights=lambda n: ckpt.canonical(n).numpy(),  # some MoE encodings depend on values (encoding.py)
+    )
     if gq.maker == "ours" and qmodel is None:
         from ...quant import quantize_model
         from ..registry import get_format
