@@ -182,3 +182,43 @@ def test_dense_layer_copies_need_power_of_two_top_k(tmp_path):
     with pytest.raises(UnsupportedError, match="top_k=3") as e:
         _export(path, tmp_path, "f32")
     assert "\n" not in str(e.value) and "power of two" in str(e.value)
+
+
+def test_distilled_constant_gate_student_exports_exactly(tmp_path):
+    """The demo's default student (MoE hybrid, 64-token window, norm_topk_prob, shared_gate="constant"),
+    distilled a few steps from the built-in teacher: its gate is still exactly zero, and its GGUF is
+    granite_swa with experts and matches transformers over 200 tokens (> 3x the window)."""
+    import torch
+
+    from qwen2_edge.data import corpus
+    from qwen2_edge.distill.api import distill
+    from qwen2_edge.distill.config import TrainConfig
+    from qwen2_edge.distill.student import DEFAULT_STUDENT
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.runtimes.reference import ReferenceSession
+
+    assert DEFAULT_STUDENT.shared_gate == "constant" and DEFAULT_STUDENT.norm_topk_prob
+    data = tmp_path / "data.txt"
+    data.write_text(corpus.heldout_text()[:40000])
+    cfg = TrainConfig(steps=3, batch_size=2, warmup=1, lr=5e-3, eval_max_seqs=2, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = distill("builtin:teacher", DEFAULT_STUDENT, [data], tmp_path / "student", cfg, seq_len=64)
+    finally:
+        torch.set_num_threads(threads)
+    result, ckpt = _export(out, tmp_path, "f32")
+    gate = ckpt.tensor("model.layers.0.mlp.shared_expert_gate.weight")
+    assert not gate.any()  # frozen at zero through training
+    # ... while the rest of the MoE layer did train
+    assert ckpt.tensor("model.layers.0.mlp.gate.weight").abs().sum() > 0
+    assert any("granite_swa with experts" in n for n in result.notes)
+    ref = ReferenceSession(out)
+    ids = ref.encode(corpus.heldout_text()[40000:60000])[:200]
+    assert len(ids) == 200 and ckpt.spec.max_window == 64
+    want = ref.logits(ids)
+    with LlamaCppSession(result.path, threads=2) as s:
+        got = s.logits(ids)
+    err = np.abs(got - want).max()
+    print(f"distilled default student f32 granite_swa: max|dlogit| {err:.2e} over 200 tokens")
+    assert err <= F32_TOL
