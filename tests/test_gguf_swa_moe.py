@@ -184,6 +184,7 @@ def test_dense_layer_copies_need_power_of_two_top_k(tmp_path):
     assert "\n" not in str(e.value) and "power of two" in str(e.value)
 
 
+@pytest.mark.slow  # ~45 s: a 3-step distillation from the built-in teacher
 def test_distilled_constant_gate_student_exports_exactly(tmp_path):
     """The demo's default student (MoE hybrid, 64-token window, norm_topk_prob, shared_gate="constant"),
     distilled a few steps from the built-in teacher: its gate is still exactly zero, and its GGUF is
