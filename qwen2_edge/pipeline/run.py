@@ -172,7 +172,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
         bench = progress.stage("benchmark artifacts", do_bench)["rows"]
 
     result = PipelineResult(
-        student, artifacts, check, bench, distill_info, check.get("teacher_vs_student", {})
+        student, artifacts, check, bench, distill_info, check.get("teacher_vs_student", {}), refused=refused
     )
 
     # 5. report (always rewritten: cheap, and reflects the cached results)

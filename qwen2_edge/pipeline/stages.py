@@ -29,6 +29,7 @@ def quantize_and_export(
 
     A format that cannot represent the model exactly refuses it (UnsupportedError); the refusal is recorded
     as that artifact's result and the other formats go on."""
+    from ..errors import UnsupportedError
     from ..exporters.api import export_checkpoint, make_policy, quantize_for_export
     from ..exporters.registry import FORMATS
     from ..model.checkpoint import open_checkpoint
@@ -39,15 +40,12 @@ def quantize_and_export(
     qmodel = quantize_for_export(ckpt, scheme, cfg.method, make_policy(cfg.policy)) if scheme else None
     results = {}
     for fmt, fq in targets:
-        res = export_checkpoint(
-            ckpt,
-            fmt,
-            fq,
-            paths[fmt],
-            qmodel=qmodel if schemes[fmt] else None,
-            force=True,
-            threads=cfg.threads,
-        )
+        qm = qmodel if schemes[fmt] else None
+        try:
+            res = export_checkpoint(ckpt, fmt, fq, paths[fmt], qmodel=qm, force=True, threads=cfg.threads)
+        except UnsupportedError as e:
+            results[fmt] = {"refused": e.problem}
+            continue
         results[fmt] = res.to_json()
     return results
 
