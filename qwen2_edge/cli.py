@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
+    "quant-scan": "quant_scan",
 }
 
 
