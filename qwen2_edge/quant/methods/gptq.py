@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...errors import UserError
 from ..scheme import QuantScheme
-from ..tensor import QuantizedTensor, check_finite, round_scale_for_zero_point
+from ..tensor import QuantizedTensor, check_finite, check_scales, round_scale_for_zero_point
 
 # Scale multipliers tried per block (the largest-magnitude weight may be clipped if that lowers the
 # H_jj-weighted squared error of the block). 1.0 alone = plain round-to-nearest block parameters.
@@ -138,7 +139,9 @@ def _gptq(
     H = torch.zeros(Kp, Kp, dtype=torch.float64)
     H[:K, :K] = torch.as_tensor(hessian, dtype=torch.float64)
     if not torch.isfinite(H).all():
-        raise ValueError(f"{name}: calibration statistics are not finite (the float model overflowed)")
+        raise UserError(
+            f"tensor {name!r}: calibration activations are not finite (the float model overflowed)"
+        )
     diag = torch.diag(H).clone()
     # Inputs never active in calibration: decouple them (H_jj = 1, no cross terms), i.e. plain rounding.
     dead = diag == 0
@@ -188,6 +191,7 @@ def _gptq(
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    check_scales(name, w_np, scales.numpy())
     return QuantizedTensor(name, (R, K), scheme, codes.numpy(), scales.numpy(), zeros.numpy())
 
 
