@@ -45,3 +45,9 @@ def snapshot(model, names: Iterable[str]) -> dict[str, torch.Tensor]:
 def restore(model, saved: dict[str, torch.Tensor]) -> None:
     for n, v in saved.items():
         set_weight(model, n, v)
+
+
+def apply_quantized(model, tensors: dict) -> None:
+    """Write every QuantizedTensor's dequantized values into `model` (QuantizedModel.tensors)."""
+    for name, q in tensors.items():
+        set_weight(model, name, torch.from_numpy(q.dequantize()))
