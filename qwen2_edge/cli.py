@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # name -> module under qwen2_edge.commands. Adding a command is one row here plus its module.
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
+    "pipeline": "pipeline",
+    "demo": "demo",
     "quant-scan": "quant_scan",
 }
 
@@ -27,10 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so temp outputs are removed and nothing half-written is left.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return int(args._run(args) or 0)
     except UserError as e:

@@ -6,9 +6,26 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..model.checkpoint import open_checkpoint
-from ..quant.policy import POLICIES
+from ..model.checkpoint import Checkpoint, open_checkpoint
+from ..quant.model import QuantizedModel
+from ..quant.policy import POLICIES, QuantPolicy
+from ..quant.scheme import QuantScheme
 from .registry import ExportResult, get_format
+
+# Approximate stored bits per weight of 2-D matrices, for the free-disk check before writing.
+_BITS = {"f32": 32, "f16": 16, "int8": 8.5, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_0": 5.5, "q5_1": 6.0}
+_TEMP_F16 = ("q4_k_m", "q5_k_m", "q6_k")  # made by llama.cpp from an f16 file written first
+
+
+def estimate_bytes(spec, quant: str) -> int:
+    from ..model.params import count_params
+
+    c = count_params(spec)
+    bits = _BITS.get(quant, 5.0)  # int4 / q4_0 / q4_1 / q4_k_m are ~4.5-5 bits
+    need = c.matrix * bits / 8 + c.vector * 4
+    if quant in _TEMP_F16:
+        need += c.matrix * 2
+    return int(need)
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
@@ -19,6 +36,51 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
             raise UserError(f"bad --override {item!r} (expected PATTERN=float|int8|int4|int4_asym)")
         out.append((pattern, action))
     return out
+
+
+def make_policy(policy: str = "default", overrides: list[str] | None = None) -> QuantPolicy:
+    if policy not in POLICIES:
+        raise UserError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
+    return POLICIES[policy].with_overrides(parse_overrides(overrides or []))
+
+
+def quantize_for_export(
+    ckpt: Checkpoint,
+    scheme: QuantScheme,
+    method: str = "rtn",
+    policy: QuantPolicy | None = None,
+    calib: list[str] | None = None,
+    calib_tokens: int = 8192,
+) -> QuantizedModel:
+    """Quantize once; the result can feed every exporter (same codes in ONNX and GGUF)."""
+    from ..quant import quantize_model
+
+    kwargs = {"calib": calib or [], "calib_tokens": calib_tokens} if method != "rtn" else {}
+    return quantize_model(ckpt, scheme, policy or make_policy(), method=method, **kwargs)
+
+
+def export_checkpoint(
+    ckpt: Checkpoint,
+    fmt: str,
+    quant: str,
+    out: str | Path,
+    qmodel: QuantizedModel | None = None,
+    force: bool = False,
+    threads: int | None = None,
+) -> ExportResult:
+    """Write one artifact. `qmodel` must be given when the quant type maps to one of our schemes."""
+    from ..fsutil import check_free_space, check_output
+
+    t0 = time.perf_counter()
+    target = get_format(fmt)
+    scheme = target.scheme(quant)
+    if scheme is not None and qmodel is None:
+        raise ValueError(f"{fmt} {quant} needs a QuantizedModel")
+    check_output(out, force)
+    check_free_space(Path(out).parent, estimate_bytes(ckpt.spec, quant))
+    result = target.exporter()(ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads)
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 def export_model(
@@ -35,22 +97,18 @@ def export_model(
     threads: int | None = None,
     force: bool = False,
 ) -> ExportResult:
+    """Open, quantize if the quant type needs it, and export: `qwen2-edge export` as a function."""
     from ..fsutil import check_output
 
     t0 = time.perf_counter()
     target = get_format(fmt)
     scheme = target.scheme(quant, block_size)
+    pol = make_policy(policy, overrides)
     check_output(out, force)  # fail before any expensive work
     ckpt = open_checkpoint(model, need_tokenizer=True)
     qmodel = None
     if scheme is not None:
-        from ..quant import quantize_model
-
-        if policy not in POLICIES:
-            raise UserError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
-        pol = POLICIES[policy].with_overrides(parse_overrides(overrides or []))
-        kwargs = {"calib": calib or [], "calib_tokens": calib_tokens} if method != "rtn" else {}
-        qmodel = quantize_model(ckpt, scheme, pol, method=method, **kwargs)
-    result = target.exporter()(ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads)
+        qmodel = quantize_for_export(ckpt, scheme, method, pol, calib, calib_tokens)
+    result = export_checkpoint(ckpt, fmt, quant, out, qmodel=qmodel, force=force, threads=threads)
     result.seconds = time.perf_counter() - t0
     return result

@@ -105,3 +105,22 @@ def get_format(name: str) -> ExportFormat:
     if name not in FORMATS:
         raise UserError(f"unknown format {name!r} (choose from {', '.join(FORMATS)})")
     return FORMATS[name]
+
+
+# Pipeline quant names -> the type each format stores it as. int4/int8 map onto GGUF types with the same
+# codes, so one QuantizedModel feeds both exporters; K-quants exist only in GGUF.
+QUANT_ALIASES: dict[str, dict[str, str]] = {
+    "f32": {"onnx": "f32", "gguf": "f32"},
+    "f16": {"onnx": "f16", "gguf": "f16"},
+    "int8": {"onnx": "int8", "gguf": "q8_0"},
+    "int4": {"onnx": "int4", "gguf": "q4_0"},
+    "int4_asym": {"onnx": "int4_asym", "gguf": "q4_1"},
+    **{q: {"gguf": q} for q in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k")},
+}
+
+
+def format_quant(quant: str, fmt: str) -> str | None:
+    """The `fmt` quant type for a pipeline quant name, or None if that format has no such type."""
+    if quant not in QUANT_ALIASES:
+        raise UserError(f"unknown quant {quant!r} (choose from {', '.join(QUANT_ALIASES)})")
+    return QUANT_ALIASES[quant].get(fmt)

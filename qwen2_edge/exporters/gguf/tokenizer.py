@@ -1,0 +1,86 @@
+"""The tokenizer as llama.cpp reads it: byte-level BPE ("gpt2" model, "qwen2" pre-tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gguf import TokenType
+
+from ...errors import CheckpointError, UnsupportedError
+from ...model.checkpoint import Checkpoint
+from ...model.tokenizer import TextTokenizer
+
+
+@dataclass
+class GGUFVocab:
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    special: dict[str, int]  # bos / eos / pad -> id
+    chat_template: str | None
+    n_placeholders: int  # embedding rows beyond the tokenizer, filled with [PAD{i}] tokens
+
+
+def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
+    """Token list sized to the embedding rows; rows beyond the tokenizer get `[PAD{i}]` placeholders of
+    type UNUSED, as llama.cpp's own converter writes them."""
+    tok = TextTokenizer(ckpt.path)
+    path = ckpt.tokenizer_file
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    model = raw.get("model", {})
+    if model.get("type") != "BPE":
+        raise UnsupportedError(
+            f"tokenizer model {model.get('type')!r} (GGUF export needs byte-level BPE)", path
+        )
+    rows = ckpt.spec.vocab_size
+    vocab = tok.tok.get_vocab(with_added_tokens=True)
+    if vocab and max(vocab.values()) >= rows:
+        raise CheckpointError(
+            f"tokenizer has ids up to {max(vocab.values())} but only {rows} embedding rows", path
+        )
+    added = {a["id"]: a for a in raw.get("added_tokens", [])}
+    by_id = {i: t for t, i in vocab.items()}
+    tokens, types = [], []
+    for i in range(rows):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    special: dict[str, int] = {}
+    cfg: dict[str, Any] = tok.config
+    for key in ("bos", "eos", "pad"):
+        name = cfg.get(f"{key}_token")
+        if isinstance(name, dict):
+            name = name.get("content")
+        if isinstance(name, str) and name in vocab:
+            special[key] = vocab[name]
+    if "bos" not in special and ckpt.spec.bos_token_id is not None:
+        special["bos"] = int(ckpt.spec.bos_token_id)
+    if "eos" not in special and ckpt.spec.eos_token_id:
+        special["eos"] = int(ckpt.spec.eos_token_id[0])
+    return GGUFVocab(tokens, types, merges, special, tok.chat_template, rows - len(by_id))
+
+
+def write_vocab(w, v: GGUFVocab) -> None:
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(v.tokens)
+    w.add_token_types(v.types)
+    w.add_token_merges(v.merges)
+    if "bos" in v.special:
+        w.add_bos_token_id(v.special["bos"])
+    if "eos" in v.special:
+        w.add_eos_token_id(v.special["eos"])
+    if "pad" in v.special:
+        w.add_pad_token_id(v.special["pad"])
+    w.add_add_bos_token(False)  # Qwen2 never prepends a BOS token
+    if v.chat_template:
+        w.add_chat_template(v.chat_template)

@@ -1,0 +1,146 @@
+"""export_onnx: checkpoint (+ QuantizedModel) -> folder with model.onnx, tokenizer, genai_config.json, manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import UserError
+from ...fsutil import atomic_dir
+from ...model.checkpoint import Checkpoint
+from ...quant.model import QuantizedModel
+from ..registry import ExportResult
+from .decoder import build_decoder
+from .genai_config import genai_config
+from .weights import Weights
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+MANIFEST = "manifest.json"
+EXTERNAL_DATA_BYTES = 1 << 30  # beyond this the weights go to model.onnx.data (protobuf caps at 2 GiB)
+COPIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+DEFAULT_ACCURACY_LEVEL = (
+    4  # int8 activations in MatMulNBits/QMoE: measured faster (benchmarks/onnx_decode.py)
+)
+
+
+def export_onnx(
+    ckpt: Checkpoint,
+    out: Path,
+    quant: str,
+    qmodel: QuantizedModel | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    accuracy_level: int | None = None,
+    external_data: bool | None = None,
+) -> ExportResult:
+    """Write the ONNX folder atomically. f32/f16: float weights (f16 = float16 storage, float32 compute);
+    int8/int4: the quantized tensors of `qmodel` as MatMulNBits / QMoE / GatherBlockQuantized."""
+    if quant in ("f32", "f16"):
+        if qmodel is not None:
+            raise UserError(f"onnx {quant} export takes no quantized model")
+        dtype = np.float32 if quant == "f32" else np.float16
+    elif qmodel is None:
+        raise UserError(f"onnx {quant} export needs the quantized model")
+    else:
+        dtype = np.float32
+    level = DEFAULT_ACCURACY_LEVEL if accuracy_level is None else accuracy_level
+    weights = Weights(ckpt, qmodel, dtype, level if qmodel is not None else 0)
+    graph = build_decoder(weights)
+    model = graph.model(doc=f"qwen2-edge export of {ckpt.path.name} ({quant})")
+    size = sum(t.ByteSize() for t in graph.initializers.values())
+    external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    plan = qmodel.plan() if qmodel is not None else _float_plan(ckpt, quant)
+    with atomic_dir(out, force) as tmp:
+        _save(model, tmp, external)
+        for name in COPIED_FILES:
+            if (ckpt.path / name).is_file():
+                shutil.copy(ckpt.path / name, tmp / name)
+        (tmp / "genai_config.json").write_text(
+            json.dumps(genai_config(ckpt.spec, MODEL_FILE, threads), indent=2)
+        )
+        manifest = _manifest(ckpt, quant, weights, graph.op_counts(), plan, external)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    nbytes = sum(f.stat().st_size for f in out.iterdir() if f.name in (MODEL_FILE, DATA_FILE))
+    return ExportResult(
+        path=out,
+        format="onnx",
+        quant=quant,
+        bytes=nbytes,
+        bits_per_weight=_bits_per_weight(ckpt, qmodel, quant),
+        seconds=0.0,
+        plan=plan,
+        notes=[
+            f"compute float32; {'float16' if quant == 'f16' else 'float32'} float weights"
+            + (f"; MatMulNBits/QMoE accuracy_level={level}" if qmodel is not None else ""),
+            "ops: " + ", ".join(f"{k}={v}" for k, v in sorted(graph.op_counts().items())),
+        ],
+    )
+
+
+def _save(model, folder: Path, external: bool) -> None:
+    import onnx
+
+    if external:
+        onnx.save_model(
+            model,
+            str(folder / MODEL_FILE),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=DATA_FILE,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(folder / MODEL_FILE))
+
+
+def _float_plan(ckpt: Checkpoint, quant: str) -> list[dict[str, Any]]:
+    kind = "float32" if quant == "f32" else "float16"
+    return [{"tensor": name, "quant": kind} for name in ckpt.canonical_names()]
+
+
+def _bits_per_weight(ckpt: Checkpoint, qmodel: QuantizedModel | None, quant: str) -> float:
+    """Stored bits per parameter over every tensor (scales and zero points included)."""
+    total_bits = total = 0
+    float_bits = 16 if quant == "f16" else 32
+    for name in ckpt.canonical_names():
+        shape = ckpt.tensors[name].shape if name in ckpt.tensors else None
+        q = qmodel.tensors.get(name) if qmodel is not None else None
+        numel = int(np.prod(q.shape)) if q is not None else int(np.prod(shape or ckpt.canonical(name).shape))
+        total += numel
+        total_bits += q.nbytes_packed * 8 if q is not None else numel * float_bits
+    return total_bits / max(total, 1)
+
+
+def _manifest(ckpt, quant, weights: Weights, ops: dict[str, int], plan, external: bool) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    spec = ckpt.spec
+    return {
+        "format": "onnx",
+        "quant": quant,
+        "source": str(ckpt.path),
+        "architecture": spec.architecture,
+        "windows": list(spec.windows),
+        "moe_layers": [layer.index for layer in spec.layers if layer.ffn.kind == "moe"],
+        "compute_dtype": "float32",
+        "float_storage": "float16" if weights.float_dtype == np.float16 else "float32",
+        "accuracy_level": weights.accuracy_level,
+        "files": [MODEL_FILE] + ([DATA_FILE] if external else []),
+        "op_counts": ops,
+        "tool_versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "plan": plan,
+    }

@@ -1,0 +1,100 @@
+"""onnxruntime over an exported ONNX folder: prefill, incremental decode through the graph's KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..model.spec import read_spec
+from ..model.tokenizer import TextTokenizer
+from .base import Session
+
+MODEL_FILE = "model.onnx"
+
+
+def is_onnx_folder(p: Path) -> bool:
+    return p.is_dir() and (p / MODEL_FILE).is_file()
+
+
+class OnnxSession(Session):
+    runtime = "onnxruntime"
+    format = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not is_onnx_folder(self.path):
+            raise ArtifactError(f"no {MODEL_FILE} (not an exported ONNX folder)", self.path)
+        self.spec = read_spec(self.path / "config.json")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path / MODEL_FILE), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # a truncated or foreign file: one line, not a traceback
+            raise ArtifactError(
+                f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path
+            ) from None
+        self.quant = _manifest_quant(self.path)
+        self._tok: TextTokenizer | None = None
+        self._past_names = [
+            i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")
+        ]
+        self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
+        self.reset()
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tok is None:
+            self._tok = TextTokenizer(self.path)
+        return self._tok
+
+    def reset(self) -> None:
+        s = self.spec
+        empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), np.float32)
+        self._past = dict.fromkeys(self._past_names, empty)
+        self._n = 0
+
+    @property
+    def n_cached(self) -> int:
+        return self._n
+
+    def append(self, ids: Sequence[int]) -> np.ndarray:
+        ids = np.asarray([list(ids)], dtype=np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, self._n + ids.shape[1]), np.int64),
+            **self._past,
+        }
+        out = self.session.run(["logits", *self._present_names], feeds)
+        self._past = dict(zip(self._past_names, out[1:], strict=True))
+        self._n += ids.shape[1]
+        return out[0][0]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def stop_ids(self) -> set[int]:
+        return self.tokenizer.stop_ids(self.spec.eos_token_id)
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.tokenizer.apply_chat_template(messages)
+
+
+def _manifest_quant(folder: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((folder / "manifest.json").read_text()).get("quant", "f32"))
+    except (OSError, ValueError):
+        return "f32"
