@@ -207,7 +207,7 @@ def quantize_layerwise(
     calib_tokens: int = DEFAULT_TOKENS,
     seq_len: int = DEFAULT_SEQ_LEN,
     damp: float = 0.01,
-    act_order: bool = False,
+    act_order: bool = True,
     clip_search: bool = True,
     min_expert_tokens: int = MIN_EXPERT_TOKENS,
     progress: bool = True,
