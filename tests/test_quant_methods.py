@@ -88,7 +88,9 @@ def test_gptq_beats_rtn_on_heldout_kld(fixture_dir, fixture):
 
 def test_expert_fallback_rule(fixture_dir):
     """Experts below min_expert_tokens are round-to-nearest (bit-identical to RTN of the float weights)."""
-    ckpt = open_checkpoint(fixture_dir("moe_sliding"))  # also covers sliding-window layers and tied embeddings
+    ckpt = open_checkpoint(
+        fixture_dir("moe_sliding")
+    )  # also covers sliding-window layers and tied embeddings
     scheme = QuantScheme(4)
     q = quantize_model(
         ckpt, scheme, "default", method="gptq", calib_tokens=256, seq_len=128,
