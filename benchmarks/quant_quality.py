@@ -5,8 +5,8 @@ quantizer on the same model, all run by the same runtime (llama.cpp) on the same
 
 Every variant is a GGUF file evaluated by llama-cpp-python with identical settings; the reference is our
 f32 GGUF of the same checkpoint (so runtime differences cancel). Metrics per variant: mean KL divergence
-of the next-token distribution to the reference, perplexity and its change, top-1 agreement, file bits per
-weight. llama.cpp's files are made by `llama_model_quantize` from our f16 GGUF (llama.cpp's own tensor
+of the next-token distribution to the reference, perplexity and its change, top-1 agreement, bits per
+weight (tensor data / checkpoint parameters). llama.cpp's files are made by `llama_model_quantize` from our f16 GGUF (llama.cpp's own tensor
 type choices, e.g. a Q6_K output matrix, apply). Target: our Q4_0-compatible GPTQ KLD <= 0.5x llama.cpp's.
 """
 
@@ -67,6 +67,13 @@ def build(
     return out, time.perf_counter() - t0
 
 
+def tensor_bits(path: Path) -> int:
+    """Bits of tensor data in a GGUF file (metadata and the tokenizer excluded)."""
+    from gguf import GGUFReader
+
+    return 8 * sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)
+
+
 def gguf_logits(path: Path, chunks: list[list[int]], threads: int | None) -> list[np.ndarray]:
     from qwen2_edge.runtimes.llamacpp import LlamaCppSession
 
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         top1 = float(np.mean([top1_agreement(r, c) for r, c in zip(ref, logits, strict=True)]))
         rows.append({
             "variant": v.label, "method": v.method if v.maker == "ours" else v.maker,
-            "bits_per_weight": 8 * path.stat().st_size / n_params, "mean_kld": float(kld.mean()),
+            "bits_per_weight": tensor_bits(path) / n_params, "mean_kld": float(kld.mean()),
             "kld_p99": float(np.quantile(kld, 0.99)), "ppl": float(np.exp(nll.mean())), "top1": top1,
             "build_s": secs,
         })  # fmt: skip
