@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "kld_p99": float(np.quantile(kld, 0.99)), "ppl": float(np.exp(nll.mean())), "top1": top1,
             "build_s": secs,
         })  # fmt: skip
-        print(f"  {v.label}: KLD {kld.mean():.5f} ({secs:.0f} s)", file=sys.stderr)
+        print(f"  {v.label}: KLD {kld.mean():.3e} ({secs:.0f} s)", file=sys.stderr)
     base_ppl = rows[0]["ppl"]
     for r in rows:
         r["delta_ppl"] = r["ppl"] - base_ppl
@@ -153,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {ckpt.path.name}, {n * args.ctx} held-out tokens in windows of {args.ctx}, runtime llama.cpp"
     )
-    print(f"{'variant':<26} {'bpw':>6} {'mean KLD':>10} {'KLD p99':>9} {'ppl':>8} {'d-ppl':>8} {'top-1':>7}")
+    print(f"{'variant':<26} {'bpw':>6} {'mean KLD':>10} {'KLD p99':>10} {'ppl':>9} {'d-ppl':>8} {'top-1':>7}")
     for r in rows:
         print(
-            f"{r['variant']:<26} {r['bits_per_weight']:>6.2f} {r['mean_kld']:>10.5f} {r['kld_p99']:>9.4f} "
-            f"{r['ppl']:>8.3f} {r['delta_ppl']:>+8.3f} {r['top1']:>7.3f}"
+            f"{r['variant']:<26} {r['bits_per_weight']:>6.2f} {r['mean_kld']:>10.3e} {r['kld_p99']:>10.3e} "
+            f"{r['ppl']:>9.3f} {r['delta_ppl']:>+8.3f} {r['top1']:>7.3f}"
         )
     for k, val in ratios.items():
-        print(f"{k}: {val:.3f} (target <= 0.5 for int4)")
+        print(f"{k}: {val:.3f}" + (" (target <= 0.5)" if "int4" in k else ""))
     return 0
 
 

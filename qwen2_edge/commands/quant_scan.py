@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     )
     for i, r in enumerate(rows, 1):
         print(
-            f"{i:>4}  {r.group:<24} {len(r.tensors):>7} {r.params:>11,} {r.kld:>10.5f} {r.top1:>7.3f} {r.delta_ppl:>+8.3f}"
+            f"{i:>4}  {r.group:<24} {len(r.tensors):>7} {r.params:>11,} {r.kld:>10.3e} {r.top1:>7.3f} {r.delta_ppl:>+8.3f}"
         )
     return 0
