@@ -204,3 +204,25 @@ def test_quant_scan_bad_text_file(fixture_dir, tmp_path, capsys):
     assert main(["quant-scan", str(fixture_dir("dense")), "--text", str(tmp_path / "nope.txt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "nope.txt" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("fixture", ["dense", "sliding", "moe", "moe_sliding"])
+@torch.no_grad()
+def test_layerwise_forward_matches_transformers_layers(fixture_dir, fixture):
+    """The GPTQ driver recomputes each layer's second half from o_proj's inputs; it must equal the
+    transformers decoder layer (guards against a transformers layer change silently breaking GPTQ)."""
+    from qwen2_edge.quant.methods.layerwise import layer_forward_by_parts, layer_kwargs
+
+    ckpt = open_checkpoint(fixture_dir(fixture))
+    model = load_reference_model(ckpt)
+    ids = heldout_ids(fixture_dir(fixture), 64)
+    kwargs = layer_kwargs(model, ids)
+    h = model.model.embed_tokens(ids)
+    for layer, kw in zip(model.model.layers, kwargs, strict=True):
+        want = layer(h, **kw)
+        torch.testing.assert_close(layer_forward_by_parts(layer, h, kw), want, rtol=1e-5, atol=1e-5)
+        h = want
+    # and the chain of layers is the model: final norm + lm_head reproduce the model's logits
+    torch.testing.assert_close(
+        model.lm_head(model.model.norm(h)), model(input_ids=ids).logits, rtol=1e-5, atol=1e-4
+    )

@@ -62,7 +62,7 @@ class _Catcher(torch.nn.Module):
         return hidden_states
 
 
-def _layer_kwargs(model, ids: torch.Tensor) -> list[dict[str, Any]]:
+def layer_kwargs(model, ids: torch.Tensor) -> list[dict[str, Any]]:
     """Per-layer forward kwargs for one [1, L] sequence (every calibration sequence has the same L)."""
     base = model.model
     real = base.layers
@@ -105,12 +105,25 @@ class _Quantizer:
         set_weight(self.model, name, torch.from_numpy(q.dequantize()))
 
 
-def _run_layer(layer, hs: list[torch.Tensor], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    out = []
-    for h in hs:
-        o = layer(h, **kwargs)
-        out.append(o[0] if isinstance(o, tuple) else o)
-    return out
+def _post_attention(layer, hs: list[torch.Tensor], o_in: list[torch.Tensor]):
+    """(residual after attention, post-attention-norm output) per sequence, from o_proj's inputs.
+
+    This is the second half of the decoder layer (transformers' Qwen2 / Qwen2-MoE DecoderLayer.forward:
+    h + o_proj(attn) -> post_attention_layernorm -> mlp -> + residual); recomputing it from the captured
+    o_proj inputs saves re-running attention after o_proj is quantized (tested against layer.forward)."""
+    mids, xs = [], []
+    for h, a in zip(hs, o_in, strict=True):
+        mid = h + layer.self_attn.o_proj(a).reshape(h.shape)
+        mids.append(mid)
+        xs.append(layer.post_attention_layernorm(mid))
+    return mids, xs
+
+
+def layer_forward_by_parts(layer, h: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """layer(h) computed the way the quantizer does (for the test that keeps the two in step)."""
+    _, o_in = _gram_of_module_input(layer, layer.self_attn.o_proj, [h], kwargs)
+    mids, xs = _post_attention(layer, [h], o_in)
+    return mids[0] + layer.mlp(xs[0])
 
 
 class _Stop(Exception):
@@ -243,7 +256,7 @@ def quantize_layerwise(
     embed = "model.embed_tokens.weight"
     if qz.wanted(embed):
         qz.rtn(embed)
-    kwargs = _layer_kwargs(model, cal.ids[:1])
+    kwargs = layer_kwargs(model, cal.ids[:1])
     hs = [model.model.embed_tokens(cal.ids[i : i + 1]) for i in range(cal.ids.shape[0])]
 
     layers = model.model.layers
@@ -258,13 +271,15 @@ def quantize_layerwise(
             g.add(layer.input_layernorm(h))
         for proj in ("q_proj", "k_proj", "v_proj"):
             qz.gptq(f"{p}self_attn.{proj}.weight", g)
-        # 2. o_proj sees the (quantized) attention's output.
-        if qz.wanted(f"{p}self_attn.o_proj.weight"):
-            g, _ = _gram_of_module_input(layer, attn.o_proj, hs, kw)
-            qz.gptq(f"{p}self_attn.o_proj.weight", g)
-        # 3. FFN: every input-side matrix sees the post-attention norm output x.
-        g, seen = _gram_of_module_input(layer, layer.mlp, hs, kw)
-        x = torch.cat(seen)
+        # 2. o_proj sees the (quantized) attention's output: the one attention pass of this layer.
+        g, o_in = _gram_of_module_input(layer, attn.o_proj, hs, kw)
+        qz.gptq(f"{p}self_attn.o_proj.weight", g)
+        # 3. FFN: every input-side matrix sees the post-attention norm output x (from the quantized o_proj).
+        mids, xs = _post_attention(layer, hs, o_in)
+        del o_in
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs])
+        g = _Gram()
+        g.add(x)
         ffn = ckpt.spec.layers[i].ffn
         m = p + "mlp."
         if isinstance(ffn, MoEFFN):
@@ -283,9 +298,10 @@ def quantize_layerwise(
             log(f"layer {i}: calibration tokens per expert {info['tokens']}{fb}")
         else:
             _quantize_dense_mlp(qz, layer.mlp, m, x, g)
-        del seen, x
+        del x
         # 4. The quantized layer's outputs feed the next layer.
-        hs = _run_layer(layer, hs, kw)
+        hs = [mid + layer.mlp(xi) for mid, xi in zip(mids, xs, strict=True)]
+        del mids, xs
         bar.update(1)
     bar.close()
 
