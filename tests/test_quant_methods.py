@@ -193,6 +193,14 @@ def test_quant_scan_cli_json(fixture_dir, capsys):
             "routed experts", "router + shared gate"} == set(groups)  # fmt: skip
     klds = [r["kld"] for r in out["groups"]]
     assert klds == sorted(klds, reverse=True) and all(k > 0 for k in klds)
+    assert (
+        main(["quant-scan", str(path), "--tokens", "128", "--seq-len", "128", "--per-layer", "--json"]) == 0
+    )
+    per_layer = {r["group"]: r for r in json.loads(capsys.readouterr().out)["groups"]}
+    assert {"routed experts L0", "routed experts L2", "dense FFN L1", "attention o L2"} <= set(per_layer)
+    assert per_layer["dense FFN L1"]["tensors"] == [
+        f"model.layers.1.mlp.{p}_proj.weight" for p in ("gate", "up", "down")
+    ]
     assert groups["routed experts"]["tensors"] == [
         f"model.layers.{i}.mlp.experts.{p}" for i in (0, 2) for p in ("gate_proj", "up_proj", "down_proj")
     ]
