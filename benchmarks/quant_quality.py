@@ -6,7 +6,8 @@ quantizer on the same model, all run by the same runtime (llama.cpp) on the same
 Every variant is a GGUF file evaluated by llama-cpp-python with identical settings; the reference is our
 f32 GGUF of the same checkpoint (so runtime differences cancel). Metrics per variant: mean KL divergence
 of the next-token distribution to the reference, perplexity and its change, top-1 agreement, bits per
-weight (tensor data / checkpoint parameters). llama.cpp's files are made by `llama_model_quantize` from our f16 GGUF (llama.cpp's own tensor
+weight (tensor data / tensor elements of the f32 file, which for the MoE hybrid includes the GGUF
+exporter's exact rewrite of dense layers). llama.cpp's files are made by `llama_model_quantize` from our f16 GGUF (llama.cpp's own tensor
 type choices, e.g. a Q6_K output matrix, apply). Target: our Q4_0-compatible GPTQ KLD <= 0.5x llama.cpp's.
 """
 
@@ -108,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     ids = TextTokenizer(ckpt.path).encode(heldout_text())
     n = min(args.tokens, len(ids)) // args.ctx
     chunks = [ids[i * args.ctx : (i + 1) * args.ctx] for i in range(n)]
-    n_params = sum(int(np.prod(ckpt.tensors[k].shape)) for k in ckpt.tensors)
     variants = [
         v
         for v in VARIANTS
@@ -120,18 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     f16 = work / "float_f16.gguf"
     export_model(args.model, "gguf", "f16", f16, force=True)
-    rows, ref = [], None
+    rows, ref, n_weights = [], None, None
     for v in variants:
         path, secs = build(v, args.model, work, f16, args.calib_tokens, args.threads)
         logits = gguf_logits(path, chunks, args.threads)
-        if ref is None:
-            ref = logits
+        if ref is None:  # the f32 file: its tensor elements are the weights every variant stores
+            ref, n_weights = logits, tensor_bits(path) / 32
         kld = np.concatenate([kld_per_position(r, c) for r, c in zip(ref, logits, strict=True)])
         nll = np.concatenate([nll_per_position(c, ids_) for c, ids_ in zip(logits, chunks, strict=True)])
         top1 = float(np.mean([top1_agreement(r, c) for r, c in zip(ref, logits, strict=True)]))
         rows.append({
             "variant": v.label, "method": v.method if v.maker == "ours" else v.maker,
-            "bits_per_weight": tensor_bits(path) / n_params, "mean_kld": float(kld.mean()),
+            "bits_per_weight": tensor_bits(path) / n_weights, "mean_kld": float(kld.mean()),
             "kld_p99": float(np.quantile(kld, 0.99)), "ppl": float(np.exp(nll.mean())), "top1": top1,
             "build_s": secs,
         })  # fmt: skip
