@@ -6,9 +6,10 @@ quantizer on the same model, all run by the same runtime (llama.cpp) on the same
 Every variant is a GGUF file evaluated by llama-cpp-python with identical settings; the reference is our
 f32 GGUF of the same checkpoint (so runtime differences cancel). Metrics per variant: mean KL divergence
 of the next-token distribution to the reference, perplexity and its change, top-1 agreement, bits per
-weight (tensor data / tensor elements of the f32 file, which for the MoE hybrid includes the GGUF
-exporter's exact rewrite of dense layers). llama.cpp's files are made by `llama_model_quantize` from our f16 GGUF (llama.cpp's own tensor
-type choices, e.g. a Q6_K output matrix, apply). Target: our Q4_0-compatible GPTQ KLD <= 0.5x llama.cpp's.
+weight (tensor data / tensor elements of the f32 file; for a MoE hybrid those include the GGUF
+exporter's exact rewrite of dense layers). llama.cpp's files are made by `llama_model_quantize` from our
+f16 GGUF (llama.cpp's own tensor type choices apply, e.g. Q6_K for the output matrix).
+Target: our Q4_0-compatible GPTQ mean KLD <= 0.5x llama.cpp Q4_0's.
 """
 
 from __future__ import annotations
