@@ -86,14 +86,18 @@ def test_sliding_window_is_encoded_not_ignored(fixture_dir, tmp_path):
     assert np.abs(full[12:] - windowed[12:]).max() > 50 * F32_TOL
 
 
-def test_tied_moe_writes_output_weight(tmp_path):
-    """Guards llama.cpp's qwen2moe loader error "tensor 'output.weight' not found" on tied MoE models."""
+@pytest.mark.parametrize("experts", [4, 6])
+def test_tied_moe_writes_output_weight(experts, tmp_path):
+    """Guards llama.cpp's qwen2moe loader error "tensor 'output.weight' not found" on tied MoE models;
+    6 experts top-2 also covers a dense layer whose E/k = 3 is not a power of two."""
     from qwen2_edge.runtimes.llamacpp import LlamaCppSession
     from qwen2_edge.runtimes.reference import ReferenceSession
     from qwen2_edge.testing import FIXTURES, make_checkpoint
     from qwen2_edge.testing.fixtures import FixtureSpec
 
-    spec = FixtureSpec(**{**FIXTURES["moe"].__dict__, "tie": True, "seed": 6})
+    base = FIXTURES["moe"]
+    config = {**base.config, "num_experts": experts}
+    spec = FixtureSpec(**{**base.__dict__, "tie": True, "seed": 6, "config": config})
     path = make_checkpoint(spec, tmp_path / "moe_tied")
     result, _ = _export(path, tmp_path, "f32")
     assert "output.weight" in {r["tensor"] for r in result.plan}
