@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 LLAMA_CPP_PYTHON = "0.3.36"
+# llama.cpp's OpenMP threads spin while waiting; on a shared 2-core machine that costs ~10x in decode
+# speed for both files alike. Passive waiting (set before llama_cpp is imported) keeps numbers meaningful.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 CACHE = Path.home() / ".cache" / "qwen2-edge" / "sdist"
 CONVERTER = Path("vendor/llama.cpp/convert_hf_to_gguf.py")
 
@@ -138,20 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="time the files already in --work (no re-export)")
     args = ap.parse_args(argv)
     if not (args.ckpt / "config.json").is_file():
         print(f"{args.ckpt}: no checkpoint; make it with `python -m benchmarks.checkpoints DIR qwen2-0.5b`")
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    src = find_llama_cpp_src(args.llama_cpp_src)
     files = {"qwen2-edge": work / "ours-q4_0.gguf", "llama.cpp": work / "llamacpp-q4_0.gguf"}
-    t0 = time.perf_counter()
-    ours_q4_0(args.ckpt, files["qwen2-edge"], args.threads)
-    t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    llama_cpp_q4_0(args.ckpt, files["llama.cpp"], src, args.threads)
-    t_theirs = time.perf_counter() - t0
+    t_ours = t_theirs = float("nan")
+    if not (args.reuse and all(p.is_file() for p in files.values())):
+        src = find_llama_cpp_src(args.llama_cpp_src)
+        t0 = time.perf_counter()
+        ours_q4_0(args.ckpt, files["qwen2-edge"], args.threads)
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        llama_cpp_q4_0(args.ckpt, files["llama.cpp"], src, args.threads)
+        t_theirs = time.perf_counter() - t0
 
     ids = list(range(1000, 1000 + args.prefill))
     timers = {k: Timer(p, args.threads, n_ctx=args.prefill + args.decode + 8) for k, p in files.items()}
@@ -159,15 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     for t in timers.values():  # warm-up: page the weights in, untimed
         t.prefill(ids[:32])
         t.decode(ids[:16], 4)
-    for _ in range(args.rounds):  # alternate, so drift and neighbours' load hit both files alike
-        for k, t in timers.items():
+    for r in range(args.rounds):  # alternate files, and their order, so drift hits both alike
+        order = list(timers.items())[:: 1 if r % 2 == 0 else -1]
+        for k, t in order:
             res[k]["prefill"].append(t.prefill(ids))
-        for k, t in timers.items():
+        for k, t in order:
             res[k]["decode"].append(t.decode(ids[:16], args.decode))
     med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in res.items()}
 
     print(f"\nGGUF Q4_0 of {args.ckpt} - llama-cpp-python {LLAMA_CPP_PYTHON}, {args.threads} threads, "
-          f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} alternating rounds")  # fmt: skip
+          f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} alternating rounds, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")  # fmt: skip
     print(
         f"{'file':<12} {'MiB':>8} {'export s':>9} {'prefill tok/s':>14} {'decode tok/s':>13}  tensor types (elements)"
     )
