@@ -90,6 +90,27 @@ def tensor_types(path: Path) -> dict[str, int]:
     return counts
 
 
+def compare_layout(a: Path, b: Path) -> str:
+    """Same tensors, types and shapes? And how many of the stored bytes are identical?"""
+    import numpy as np
+    from gguf import GGUFReader
+
+    ta = {t.name: t for t in GGUFReader(str(a)).tensors}
+    tb = {t.name: t for t in GGUFReader(str(b)).tensors}
+    if set(ta) != set(tb):
+        return f"tensor names differ: {sorted(set(ta) ^ set(tb))[:5]}"
+    bad = [n for n in ta if ta[n].tensor_type != tb[n].tensor_type or list(ta[n].shape) != list(tb[n].shape)]
+    if bad:
+        return f"types/shapes differ for {bad[:5]}"
+    same = total = 0
+    for n in ta:
+        x = np.asarray(ta[n].data).view(np.uint8).reshape(-1)
+        y = np.asarray(tb[n].data).view(np.uint8).reshape(-1)
+        same += int((x == y).sum())
+        total += x.size
+    return f"same {len(ta)} tensors, types and shapes; {100 * same / total:.2f}% of tensor bytes identical"
+
+
 class Timer:
     """One loaded file: prefill and decode tokens/s on fixed tokens (no sampling in the timed loop)."""
 
@@ -184,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         secs = t_ours if k == "qwen2-edge" else t_theirs
         print(f"{k:<12} {p.stat().st_size / 2**20:>8.1f} {secs:>9.1f} {med[k]['prefill']:>14.1f} "
               f"{med[k]['decode']:>13.2f}  {types}")  # fmt: skip
+    print(f"layout: {compare_layout(files['qwen2-edge'], files['llama.cpp'])}")
     for m in ("prefill", "decode"):
         print(f"ratio {m}: {med['qwen2-edge'][m] / med['llama.cpp'][m]:.3f}x (target >= 0.97x)")
     for t in timers.values():
