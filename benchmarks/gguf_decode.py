@@ -140,13 +140,15 @@ class Timer:
         self.llm.eval(ids)
         return len(ids) / (time.perf_counter() - t0)
 
-    def decode(self, prompt: list[int], n: int) -> float:
+    def start_decode(self, prompt: list[int]) -> None:
         self._clear()
         self.llm.eval(prompt)
+
+    def step(self, token: int) -> float:
+        """Seconds for one decode step (one token through the KV cache)."""
         t0 = time.perf_counter()
-        for i in range(n):
-            self.llm.eval([prompt[i % len(prompt)]])
-        return n / (time.perf_counter() - t0)
+        self.llm.eval([token])
+        return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,17 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in files}
     for t in timers.values():  # warm-up: page the weights in, untimed
         t.prefill(ids[:32])
-        t.decode(ids[:16], 4)
-    for r in range(args.rounds):  # alternate files, and their order, so drift hits both alike
-        order = list(timers.items())[:: 1 if r % 2 == 0 else -1]
-        for k, t in order:
+        t.start_decode(ids[:16])
+        t.step(ids[0])
+    pairs = list(timers.items())
+    for r in range(args.rounds):
+        # Prefill alternates file order per round; decode alternates file per token, so the neighbours'
+        # load on this shared machine hits both files alike.
+        for k, t in pairs[:: 1 if r % 2 == 0 else -1]:
             res[k]["prefill"].append(t.prefill(ids))
-        for k, t in order:
-            res[k]["decode"].append(t.decode(ids[:16], args.decode))
+        for _, t in pairs:
+            t.start_decode(ids[:16])
+        secs = dict.fromkeys(timers, 0.0)
+        for i in range(args.decode):
+            for k, t in pairs[:: 1 if i % 2 == 0 else -1]:
+                secs[k] += t.step(ids[i % 16])
+        for k in timers:
+            res[k]["decode"].append(args.decode / secs[k])
     med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in res.items()}
 
     print(f"\nGGUF Q4_0 of {args.ckpt} - llama-cpp-python {LLAMA_CPP_PYTHON}, {args.threads} threads, "
-          f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} alternating rounds, "
+          f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} interleaved rounds, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")  # fmt: skip
     print(
         f"{'file':<12} {'MiB':>8} {'export s':>9} {'prefill tok/s':>14} {'decode tok/s':>13}  tensor types (elements)"
