@@ -10,7 +10,7 @@ from gguf import TokenType
 
 from ...errors import CheckpointError, UnsupportedError
 from ...model.checkpoint import Checkpoint
-from ...model.tokenizer import TextTokenizer
+from ...model.tokenizer import QWEN2_SPLIT, TextTokenizer
 
 
 @dataclass
@@ -33,6 +33,12 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
     if model.get("type") != "BPE":
         raise UnsupportedError(
             f"tokenizer model {model.get('type')!r} (GGUF export needs byte-level BPE)", path
+        )
+    if _split_patterns(raw.get("pre_tokenizer")) != [QWEN2_SPLIT]:
+        raise UnsupportedError(
+            "the tokenizer's pre-tokenizer is not Qwen2's byte-level split, and llama.cpp's 'qwen2' "
+            "pre-tokenizer would cut text differently",
+            path,
         )
     rows = ckpt.spec.vocab_size
     vocab = tok.tok.get_vocab(with_added_tokens=True)
@@ -67,6 +73,19 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
     if "eos" not in special and ckpt.spec.eos_token_id:
         special["eos"] = int(ckpt.spec.eos_token_id[0])
     return GGUFVocab(tokens, types, merges, special, tok.chat_template, rows - len(by_id))
+
+
+def _split_patterns(pre: Any) -> list[str]:
+    """Regex patterns of the Split steps of a tokenizer.json pre_tokenizer (ByteLevel steps carry none)."""
+    if not isinstance(pre, dict):
+        return []
+    if pre.get("type") == "Sequence":
+        return [p for step in pre.get("pretokenizers", []) for p in _split_patterns(step)]
+    if pre.get("type") == "Split":
+        return [pre.get("pattern", {}).get("Regex", pre.get("pattern", {}).get("String", ""))]
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return ["<gpt2 regex>"]
+    return []
 
 
 def write_vocab(w, v: GGUFVocab) -> None:
