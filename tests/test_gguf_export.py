@@ -222,11 +222,12 @@ def test_tokenizer_matches_hf(fixture_dir, tmp_path):
         "   leading spaces\n\n\n\ttabs  \n",
         "12345678901234567890",
         "<|im_start|>user\nhi<|im_end|>",
+        "cafe\u0301 A\u030a",  # decomposed: llama.cpp alone skips the tokenizer's NFC normalizer
     ]
     with LlamaCppSession(result.path, threads=2) as s:
         for text in texts:
             assert s.encode(text) == hf.encode(text), text
-            assert s.decode(hf.encode(text)) == text
+            assert s.decode(hf.encode(text)) == hf.decode(hf.encode(text))
         assert s.stop_ids() == hf.stop_ids([hf.token_id("<|endoftext|>")])
         msgs = [{"role": "user", "content": "hello"}]
         assert s.chat_ids(msgs) == hf.apply_chat_template(msgs)
@@ -354,3 +355,14 @@ def test_ffn_width_not_multiple_of_32_is_padded_exactly(quant, tmp_path):
     with LlamaCppSession(result.path, threads=2) as s:
         got = s.logits(ids)
     assert np.abs(got - want).max() <= KERNEL_TOL * want.std()
+
+
+def test_foreign_pre_tokenizer_is_refused(fixture_dir, tmp_path):
+    """llama.cpp would split text with its 'qwen2' regex whatever the file says: refuse, don't mis-tokenize."""
+    src = fixture_dir("dense")
+    path = shutil.copytree(src, tmp_path / "gpt2split")
+    raw = json.loads((path / "tokenizer.json").read_text())
+    raw["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+|\w+|[^\s\w]+"
+    (path / "tokenizer.json").write_text(json.dumps(raw))
+    with pytest.raises(UnsupportedError, match="pre-tokenizer"):
+        _export(path, tmp_path, "f32")

@@ -21,6 +21,10 @@ class GGUFVocab:
     special: dict[str, int]  # bos / eos / pad -> id
     chat_template: str | None
     n_placeholders: int  # embedding rows beyond the tokenizer, filled with [PAD{i}] tokens
+    normalizer: str | None = None  # "NFC": llama.cpp does not normalize, so our runtime does it first
+
+
+NORMALIZER_KEY = "qwen2_edge.tokenizer.normalizer"  # ignored by llama.cpp, read by runtimes/llamacpp.py
 
 
 def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
@@ -40,6 +44,9 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
             "pre-tokenizer would cut text differently",
             path,
         )
+    norm = _normalizer(raw.get("normalizer"))
+    if norm not in (None, "NFC"):
+        raise UnsupportedError(f"tokenizer normalizer {norm!r} has no llama.cpp equivalent", path)
     rows = ckpt.spec.vocab_size
     vocab = tok.tok.get_vocab(with_added_tokens=True)
     if vocab and max(vocab.values()) >= rows:
@@ -72,7 +79,17 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
         special["bos"] = int(ckpt.spec.bos_token_id)
     if "eos" not in special and ckpt.spec.eos_token_id:
         special["eos"] = int(ckpt.spec.eos_token_id[0])
-    return GGUFVocab(tokens, types, merges, special, tok.chat_template, rows - len(by_id))
+    return GGUFVocab(tokens, types, merges, special, tok.chat_template, rows - len(by_id), norm)
+
+
+def _normalizer(n: Any) -> str | None:
+    if not isinstance(n, dict):
+        return None
+    if n.get("type") == "Sequence":
+        kinds = [_normalizer(x) for x in n.get("normalizers", [])]
+        kinds = [k for k in kinds if k]
+        return kinds[0] if len(kinds) == 1 else ("+".join(kinds) or None)
+    return n.get("type")
 
 
 def _split_patterns(pre: Any) -> list[str]:
@@ -103,3 +120,5 @@ def write_vocab(w, v: GGUFVocab) -> None:
     w.add_add_bos_token(False)  # Qwen2 never prepends a BOS token
     if v.chat_template:
         w.add_chat_template(v.chat_template)
+    if v.normalizer:
+        w.add_string(NORMALIZER_KEY, v.normalizer)
