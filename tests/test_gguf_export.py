@@ -366,3 +366,29 @@ def test_foreign_pre_tokenizer_is_refused(fixture_dir, tmp_path):
     (path / "tokenizer.json").write_text(json.dumps(raw))
     with pytest.raises(UnsupportedError, match="pre-tokenizer"):
         _export(path, tmp_path, "f32")
+
+
+def test_rows_not_multiple_of_32_fall_back_to_exact_floats(tmp_path):
+    """hidden 48: every matrix reading the hidden state has 48-wide rows, which no 32-wide block type
+    holds; they are stored as the f32 values of our codes (noted), and the file still computes our model."""
+    from qwen2_edge.exporters.registry import get_format
+    from qwen2_edge.model.checkpoint import open_checkpoint
+    from qwen2_edge.quant import quantize_model
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.runtimes.reference import ReferenceSession
+    from qwen2_edge.testing import make_checkpoint
+    from qwen2_edge.testing.fixtures import FixtureSpec
+
+    path = make_checkpoint(FixtureSpec(hidden=48, intermediate=64, tie=False, seed=7), tmp_path / "h48")
+    ckpt = open_checkpoint(path, need_tokenizer=True)
+    qmodel = quantize_model(ckpt, get_format("gguf").scheme("q4_0"))
+    result, _ = _export(path, tmp_path, "q4_0", qmodel=qmodel)
+    types = {r["tensor"]: r["type"] for r in result.plan}
+    assert types["blk.0.attn_q.weight"] == "F32" and types["blk.0.ffn_down.weight"] == "Q4_0"
+    assert any("blk.0.attn_q.weight: row length 48 is not a multiple of 32" in n for n in result.notes)
+    deq = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq"))
+    ids = _ids(deq)
+    want = deq.logits(ids)
+    with LlamaCppSession(result.path, threads=2) as s:
+        got = s.logits(ids)
+    assert np.abs(got - want).max() <= KERNEL_TOL * want.std()
