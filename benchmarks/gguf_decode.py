@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="time the files already in --work (no re-export)")
+    ap.add_argument(
+        "--no-aa", action="store_true", help="skip the noise floor (llama.cpp's file loaded twice)"
+    )
     args = ap.parse_args(argv)
     if not (args.ckpt / "config.json").is_file():
         print(f"{args.ckpt}: no checkpoint; make it with `python -m benchmarks.checkpoints DIR qwen2-0.5b`")
@@ -183,23 +186,26 @@ def main(argv: list[str] | None = None) -> int:
         t_theirs = time.perf_counter() - t0
 
     ids = list(range(1000, 1000 + args.prefill))
-    timers = {k: Timer(p, args.threads, n_ctx=args.prefill + args.decode + 8) for k, p in files.items()}
-    res: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in files}
+    runs = dict(files)
+    if not args.no_aa:  # A/A: the same file in a second session shows how much this machine's noise is
+        runs["llama.cpp #2"] = files["llama.cpp"]
+    timers = {k: Timer(p, args.threads, n_ctx=args.prefill + args.decode + 8) for k, p in runs.items()}
+    res: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runs}
     for t in timers.values():  # warm-up: page the weights in, untimed
         t.prefill(ids[:32])
         t.start_decode(ids[:16])
         t.step(ids[0])
     pairs = list(timers.items())
     for r in range(args.rounds):
-        # Prefill alternates file order per round; decode alternates file per token, so the neighbours'
-        # load on this shared machine hits both files alike.
-        for k, t in pairs[:: 1 if r % 2 == 0 else -1]:
+        # Prefill alternates file order per round; decode rotates the order per token, so the neighbours'
+        # load on this shared machine hits every session alike.
+        for k, t in pairs[r % len(pairs) :] + pairs[: r % len(pairs)]:
             res[k]["prefill"].append(t.prefill(ids))
         for _, t in pairs:
             t.start_decode(ids[:16])
         secs = dict.fromkeys(timers, 0.0)
         for i in range(args.decode):
-            for k, t in pairs[:: 1 if i % 2 == 0 else -1]:
+            for k, t in pairs[i % len(pairs) :] + pairs[: i % len(pairs)]:
                 secs[k] += t.step(ids[i % 16])
         for k in timers:
             res[k]["decode"].append(args.decode / secs[k])
@@ -211,14 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'file':<12} {'MiB':>8} {'export s':>9} {'prefill tok/s':>14} {'decode tok/s':>13}  tensor types (elements)"
     )
-    for k, p in files.items():
+    for k, p in runs.items():
         types = ", ".join(f"{t} {n / 1e6:.1f}M" for t, n in sorted(tensor_types(p).items()))
-        secs = t_ours if k == "qwen2-edge" else t_theirs
+        secs = {"qwen2-edge": t_ours, "llama.cpp": t_theirs}.get(k, float("nan"))
         print(f"{k:<12} {p.stat().st_size / 2**20:>8.1f} {secs:>9.1f} {med[k]['prefill']:>14.1f} "
               f"{med[k]['decode']:>13.2f}  {types}")  # fmt: skip
     print(f"layout: {compare_layout(files['qwen2-edge'], files['llama.cpp'])}")
     for m in ("prefill", "decode"):
-        print(f"ratio {m}: {med['qwen2-edge'][m] / med['llama.cpp'][m]:.3f}x (target >= 0.97x)")
+        line = f"ratio {m}: {med['qwen2-edge'][m] / med['llama.cpp'][m]:.3f}x (target >= 0.97x)"
+        if "llama.cpp #2" in med:
+            line += f"; noise floor (llama.cpp vs itself) {med['llama.cpp #2'][m] / med['llama.cpp'][m]:.3f}x"
+        print(line)
     for t in timers.values():
         t.llm.close()
     return 0
