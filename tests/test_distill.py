@@ -20,6 +20,7 @@ from qwen2_edge.distill.api import load_data, load_teacher
 from qwen2_edge.distill.config import TrainConfig
 from qwen2_edge.distill.student import DEFAULT_STUDENT, build_student
 from qwen2_edge.distill.trainer import train, weight_digest
+from qwen2_edge.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +82,8 @@ def test_resume_continues_exactly(setup, tmp_path):
     resumed, _ = build_student(DEFAULT_STUDENT, teacher, seed=1)  # different init: must be overwritten
     train(resumed, data, cfg, teacher=teacher, ckpt_dir=tmp_path, resume=True, log=lambda m: None)
     assert weight_digest(resumed) == weight_digest(full)
+    with pytest.raises(UserError, match="different training settings"):
+        train(resumed, data, replace(cfg, steps=9), teacher=teacher, ckpt_dir=tmp_path, resume=True)
 
 
 def test_cli_writes_a_loadable_moe_hybrid_checkpoint(tmp_path, hf_model, capsys):
