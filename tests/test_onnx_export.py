@@ -137,7 +137,9 @@ def test_block_padding_and_external_data(fixture_dir, tmp_path):
     ckpt = open_checkpoint(fixture_dir("dense"))
     qmodel = quantize_model(ckpt, parse_scheme("int4", block_size=128), "default")
     assert qmodel.tensors["model.embed_tokens.weight"].padded
-    out = export_onnx(ckpt, tmp_path / "b128", "int4", qmodel=qmodel, accuracy_level=0, external_data=True).path
+    out = export_onnx(
+        ckpt, tmp_path / "b128", "int4", qmodel=qmodel, accuracy_level=0, external_data=True
+    ).path
     assert (out / "model.onnx.data").is_file()
     expected = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq")).logits(IDS)
     assert np.abs(OnnxSession(out).logits(IDS) - expected).max() <= 1e-3
