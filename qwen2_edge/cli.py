@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "pipeline": "pipeline",
     "demo": "demo",
+    "quant-scan": "quant_scan",
 }
 
 
