@@ -1,6 +1,7 @@
 """How a Qwen2 / Qwen2-MoE checkpoint is expressed in a llama.cpp architecture, exactly or not at all.
 
-Three encodings, chosen from the spec (see the README section "GGUF: hybrid MoE and sliding windows"):
+Four encodings, chosen from the spec and, for some MoE models, the shared-expert gate values (see the
+README section "GGUF: hybrid MoE and sliding windows"):
 
 - `qwen2`: dense, full attention everywhere. Tensors map one to one.
 - `qwen2moe`: MoE layers one to one (experts stacked 3-D, shared expert and its sigmoid gate). A dense
