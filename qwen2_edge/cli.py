@@ -14,8 +14,10 @@ COMMANDS: dict[str, str] = {
     "check": "check",
     "run": "run",
     "distill": "distill",
+    "bench": "bench",
     "pipeline": "pipeline",
     "demo": "demo",
+    "quant-scan": "quant_scan",
 }
 
 

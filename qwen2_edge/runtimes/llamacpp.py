@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def check_gguf(path: Path) -> dict:
     except Exception as e:  # numpy/struct errors from a cut-off file
         raise ArtifactError(f"truncated or corrupt GGUF file ({' '.join(str(e).split())})", path) from None
     out = {}
-    for key in ("general.architecture", "tokenizer.chat_template"):
+    for key in ("general.architecture", "tokenizer.chat_template", "qwen2_edge.tokenizer.normalizer"):
         field = reader.fields.get(key)
         if field is not None:
             out[key] = bytes(field.parts[field.data[0]]).decode("utf-8")
@@ -156,6 +157,10 @@ class LlamaCppSession(Session):
 
     # -- text -------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        # llama.cpp skips the tokenizer's Unicode normalizer (Qwen2: NFC); the exporter records it and we
+        # apply it here, so decomposed input ("e" + combining accent) tokenizes as in transformers.
+        if self.meta.get("qwen2_edge.tokenizer.normalizer") == "NFC":
+            text = unicodedata.normalize("NFC", text)
         # special=True: special-token strings in the text become their ids, as the HF tokenizer does
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 

@@ -7,9 +7,10 @@ Three encodings, chosen from the spec (see the README section "GGUF: hybrid MoE 
   layer of a hybrid (`mlp_only_layers`, `decoder_sparse_step`) is rewritten exactly: every routed expert is
   a copy of the dense SwiGLU (zero-padded to the common expert width), the router is all zeros so
   softmax gives each expert exactly 1/E and whichever k are picked sum to k/E, the copies' down
-  projections are scaled by E/k (a power of two in every model we accept for packed quants: exact), and
-  the shared expert has all-zero projections so it adds exactly 0 (its gate reads one channel, so the
-  gate stays finite: llama.cpp computes sigmoid as silu(z)/z).
+  projections are scaled by E/k (exact when E/k is a power of two, also on quantized block scales;
+  otherwise one float32 rounding and that tensor is stored in f32), and the shared expert has all-zero
+  projections so it adds exactly 0 (its gate reads one input channel, so the gate stays finite:
+  llama.cpp computes sigmoid as silu(z)/z, which is 0/0 at z = 0).
 - `granite_swa`: dense with sliding-window layers. llama.cpp's qwen2 graph attends over the whole
   context, but its granite_swa graph has per-layer sliding windows (same "i - w < j <= i" window), q/k/v
   biases, RMSNorm and SwiGLU. Its extra knobs are set to identities: logit scale 1, no residual /
