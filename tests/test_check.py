@@ -114,6 +114,7 @@ def test_html_report_images_decode(hf_run):
 
 def test_bad_inputs_exit_2(fixture_dir, tmp_path, capsys):
     src = str(fixture_dir(FIXTURE))
+    capsys.readouterr()  # making the fixture may print progress bars
     assert main(["check", src, str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.onnx" in err[0] and "no such file" in err[0]
