@@ -114,6 +114,7 @@ def test_html_report_images_decode(hf_run):
 
 def test_bad_inputs_exit_2(fixture_dir, tmp_path, capsys):
     src = str(fixture_dir(FIXTURE))
+    capsys.readouterr()  # making the fixture may print progress bars
     assert main(["check", src, str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.onnx" in err[0] and "no such file" in err[0]
@@ -266,3 +267,24 @@ def test_context_longer_than_the_runtime_allows_is_exit_2(fixture_dir, tmp_path,
 
     with pytest.raises(UserError, match="smaller --ctx"):
         check_artifacts(src, [small], CheckOptions(ctx=64, chunks=1, greedy_prompts=0, progress=False))
+
+
+def test_trained_teacher_quantized_exports_rank_as_expected(tmp_path):
+    """On the trained built-in teacher (real distributions), the gates and statistics order the quants."""
+    from qwen2_edge.exporters.api import export_model
+    from qwen2_edge.validation.compare import CheckOptions, check_artifacts
+
+    arts = [
+        export_model("builtin:teacher", fmt=f, quant=q, out=tmp_path / name).path
+        for f, q, name in [("gguf", "q8_0", "q8.gguf"), ("gguf", "q4_0", "q4.gguf"), ("onnx", "int4", "int4")]
+    ]
+    res = check_artifacts(
+        "builtin:teacher", arts, CheckOptions(ctx=128, chunks=3, greedy_prompts=0, progress=False)
+    )
+    q8, q4, int4 = (a.summary for a in res.artifacts)
+    assert [a.quant for a in res.artifacts] == ["q8_0", "q4_0", "int4"]
+    assert res.passed, [a.failed for a in res.artifacts]
+    assert 0 < q8["kld_mean"] < q4["kld_mean"] / 4 and q8["top1_agreement"] > q4["top1_agreement"]
+    # ONNX int4 and GGUF q4_0 hold the same codes and both quantize activations to int8: their
+    # distance from the reference must agree closely although the runtimes share no code.
+    assert int4["kld_mean"] == pytest.approx(q4["kld_mean"], rel=0.1)

@@ -16,6 +16,7 @@ PROMPT = "def parse_args(argv):\n    "
 def run_cli(args: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
     if stdin is not None:
         monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    capsys.readouterr()  # drop earlier output (fixture creation prints progress bars)
     rc = main(["run", *args])
     out = capsys.readouterr()
     return rc, out.out, out.err
@@ -121,7 +122,9 @@ def test_chat_reset_starts_over(fixture_dir, tmp_path, capsys, monkeypatch):
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, fixture_dir, tmp_path, capsys):
     (tmp_path / "junk.bin").write_bytes(b"\0" * 32)
-    args = [a.format(tmp=tmp_path, fixture=fixture_dir("dense")) for a in argv]
+    fixture = fixture_dir("dense")
+    capsys.readouterr()  # making the fixture may print progress bars
+    args = [a.format(tmp=tmp_path, fixture=fixture) for a in argv]
     rc, out, err = run_cli(args, capsys)
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()
@@ -222,3 +225,13 @@ def test_generation_stops_at_a_stop_token_and_hides_it(fixture_dir):
     assert "".join(pieces) == session.decode(ids[:-1])  # the stop token itself is not printed
     assert session.tokenizer.token_id("<|im_end|>") in session.stop_ids()
     assert set(session.spec.eos_token_id) <= session.stop_ids()
+
+
+def test_prompt_longer_than_the_runtime_context_exits_2(fixture_dir, tmp_path, capsys):
+    from qwen2_edge.exporters.api import export_model
+
+    gguf = export_model(fixture_dir("dense"), fmt="gguf", quant="f32", out=tmp_path / "d.gguf").path
+    capsys.readouterr()
+    rc, _, err = run_cli([str(gguf), "--prompt", "a b " * 5000, "--max-new-tokens", "2"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "exceeds the context" in lines[0]

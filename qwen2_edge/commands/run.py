@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 
 HELP = "generate text from an ONNX folder, GGUF file or checkpoint (prompt or interactive chat), streamed"
 
@@ -29,6 +31,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--transcript", metavar="OUT.json", help="--chat: save the conversation with its token ids"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --transcript file")
+
+
+@contextlib.contextmanager
+def _runtime_errors(session) -> Iterator[None]:
+    """A runtime refusing the work (a conversation longer than its context) ends with one line, exit 2."""
+    from ..errors import UserError
+
+    try:
+        yield
+    except ValueError as e:
+        sys.stdout.write("\n")
+        raise UserError(f"{session.runtime}: {e}", session.path) from None
 
 
 def _write(text: str) -> None:
@@ -111,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if args.system is not None and not args.chat:
+        raise UserError("--system needs --chat")
     if args.transcript:
         if not args.chat:
             raise UserError("--transcript needs --chat")
@@ -122,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             args.chat = True  # nothing to complete: talk
         else:
             prompt = sys.stdin.read()
-    with session:
+    with session, _runtime_errors(session):
         if args.chat:
             return _chat(session, args, sampler)
         ids = session.encode(prompt)
