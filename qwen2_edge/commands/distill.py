@@ -20,6 +20,24 @@ def _int_list(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
+def _idle_cpus() -> int:
+    """CPUs not already busy, split over torchrun's processes, at least 1.
+
+    Measured on a shared 2-core machine (benchmarks/distill_throughput.py): with ~8 other processes
+    running, 2 OpenMP threads ran at 0.09x the speed of 1 (threads spin waiting for each other), while on
+    an idle machine more threads help; the load average tells the two apart.
+    """
+    import os
+
+    n = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    return max(1, int(n - busy + 0.5) // world)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher", default="builtin:teacher", help="teacher checkpoint dir (default builtin:teacher)"
@@ -96,7 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--ckpt-every", type=int, default=0, help="trainer checkpoint every N steps (for --resume)"
     )
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    t.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads per process (0 = the CPUs not already busy)"
+    )
     t.add_argument("--no-progress", action="store_true")
 
 
@@ -107,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from ..distill.config import TrainConfig
     from ..distill.student import DEFAULT_STUDENT, StudentSpec
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or _idle_cpus())
     spec = DEFAULT_STUDENT if args.student == "default" else StudentSpec.from_json(args.student)
     over = {k: getattr(args, k) for k in (*_SPEC_INTS, *_SPEC_LISTS, "norm_topk_prob", "shared_gate")}
     over["num_experts"] = over.pop("experts")
