@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         }
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    # mkdtemp made the folder private; the installed package must be readable by every user
+    args.out.chmod(0o755)
+    for f in args.out.iterdir():
+        f.chmod(0o644)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(json.dumps(report, indent=2))
     print(

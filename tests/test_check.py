@@ -243,3 +243,26 @@ def test_kv_cache_bug_fails_the_decode_gate(fixture_dir):
     assert g.passed and g.summary["decode_kld_max"] < 1e-9
     assert b.failed == ["max_decode_kld"] and b.summary["decode_kld_max"] > 1e-2
     assert b.summary["kld_mean"] == 0  # prefill itself is untouched by the bug
+
+
+def test_gguf_quant_label_from_file_type():
+    # Guards the `quant` key of check's JSON for GGUF artifacts (it read "f32" for every file before).
+    from qwen2_edge.runtimes.llamacpp import file_type_name
+
+    assert [file_type_name(t) for t in (0, 1, 2, 3, 7, 15, None)] == [
+        "f32", "f16", "q4_0", "q4_1", "q8_0", "q4_k_m", "f32"
+    ]  # fmt: skip
+
+
+def test_context_longer_than_the_runtime_allows_is_exit_2(fixture_dir, tmp_path, capsys):
+    from qwen2_edge.exporters.api import export_model
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.validation.compare import CheckOptions, check_artifacts
+
+    src = fixture_dir("dense_untied")
+    gguf = export_model(src, fmt="gguf", quant="f32", out=tmp_path / "d.gguf").path
+    small = LlamaCppSession(gguf, n_ctx=32)  # a llama.cpp context shorter than the check's chunks
+    from qwen2_edge.errors import UserError
+
+    with pytest.raises(UserError, match="smaller --ctx"):
+        check_artifacts(src, [small], CheckOptions(ctx=64, chunks=1, greedy_prompts=0, progress=False))

@@ -20,13 +20,14 @@ from qwen2_edge.distill.api import load_data, load_teacher
 from qwen2_edge.distill.config import TrainConfig
 from qwen2_edge.distill.student import DEFAULT_STUDENT, build_student
 from qwen2_edge.distill.trainer import train, weight_digest
+from qwen2_edge.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Small versions of the full-size runs in the README: the default MoE-hybrid student (2 layers, layer 0
 # MoE 4 experts top-2 + shared expert with a 64-token window, layer 1 dense full attention).
 SMALL = TrainConfig(
-    steps=24, batch_size=4, lr=2e-3, warmup=2, eval_max_seqs=24, progress=False, log_every=1, seed=0
+    steps=20, batch_size=4, lr=2e-3, warmup=2, eval_max_seqs=24, progress=False, log_every=1, seed=0
 )
 
 
@@ -51,18 +52,18 @@ def runs(setup):
     return {
         "kd": _run(setup, replace(SMALL, alpha=0.2, aux_weight=0.1)),
         "ce": _run(setup, replace(SMALL, alpha=1.0, aux_weight=0.1)),
-        "kd_noaux": _run(setup, replace(SMALL, alpha=0.2, aux_weight=0.0)),
+        "ce_noaux": _run(setup, replace(SMALL, alpha=1.0, aux_weight=0.0)),
     }
 
 
 def test_distillation_beats_cross_entropy_alone(runs):
     kd, ce = runs["kd"].final, runs["ce"].final
     print(f"held-out ppl: distilled {kd.ppl:.2f}, CE only {ce.ppl:.2f}")
-    assert kd.ppl < 0.97 * ce.ppl, (kd.ppl, ce.ppl)
+    assert kd.ppl < 0.9 * ce.ppl, (kd.ppl, ce.ppl)
 
 
 def test_load_balancing_lowers_expert_imbalance(runs):
-    with_aux, without = runs["kd"].final, runs["kd_noaux"].final
+    with_aux, without = runs["ce"].final, runs["ce_noaux"].final
     print(f"expert load CV: with aux {with_aux.expert_cv}, without {without.expert_cv}")
     assert set(with_aux.expert_cv) == {0}  # the MoE layer of the default student
     assert with_aux.mean_cv < without.mean_cv, (with_aux.expert_load, without.expert_load)
@@ -81,6 +82,8 @@ def test_resume_continues_exactly(setup, tmp_path):
     resumed, _ = build_student(DEFAULT_STUDENT, teacher, seed=1)  # different init: must be overwritten
     train(resumed, data, cfg, teacher=teacher, ckpt_dir=tmp_path, resume=True, log=lambda m: None)
     assert weight_digest(resumed) == weight_digest(full)
+    with pytest.raises(UserError, match="different training settings"):
+        train(resumed, data, replace(cfg, steps=9), teacher=teacher, ckpt_dir=tmp_path, resume=True)
 
 
 def test_cli_writes_a_loadable_moe_hybrid_checkpoint(tmp_path, hf_model, capsys):

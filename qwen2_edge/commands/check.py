@@ -38,8 +38,9 @@ def _num(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 1e5 else f"{x:.4e}"
 
 
-def print_table(res, out=sys.stdout) -> None:
+def print_table(res, out=None) -> None:
     """llama.cpp-perplexity-style statistics, one block per artifact; a failing gate's value is starred."""
+    out = out or sys.stdout  # resolved per call: sys.stdout may have been replaced since import
     ref = res.reference
     print(
         f"reference {ref['path']} ({ref['runtime']}): PPL = {_num(ref['ppl'])} +/- {_num(ref['ppl_err'])} "

@@ -45,7 +45,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-k", type=int)
     s.add_argument("--expert-intermediate", type=int)
     s.add_argument("--shared-intermediate", type=int, help="shared expert FFN size")
-    s.add_argument("--norm-topk-prob", action="store_true", default=None)
+    s.add_argument(
+        "--norm-topk-prob",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="renormalize top-k weights",
+    )
+    s.add_argument(
+        "--shared-gate",
+        choices=("learned", "constant"),
+        help="shared-expert gate: learned sigmoid, or constant 1/2 (exactly encodable in GGUF)",
+    )
     s.add_argument("--window", type=int, help="sliding window w (keys per query) on --window-layers")
     s.add_argument("--window-layers", type=_int_list)
     s.add_argument(
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = DEFAULT_STUDENT if args.student == "default" else StudentSpec.from_json(args.student)
-    over = {k: getattr(args, k) for k in (*_SPEC_INTS, *_SPEC_LISTS, "norm_topk_prob")}
+    over = {k: getattr(args, k) for k in (*_SPEC_INTS, *_SPEC_LISTS, "norm_topk_prob", "shared_gate")}
     over["num_experts"] = over.pop("experts")
     spec = spec.with_overrides(**over)
     cfg = TrainConfig(

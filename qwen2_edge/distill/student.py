@@ -45,6 +45,10 @@ class StudentSpec:
     expert_intermediate: int | None = None  # None: teacher intermediate / num_experts (one slice each)
     shared_intermediate: int | None = None  # None: the teacher's intermediate (a copy of its MLP)
     norm_topk_prob: bool = False
+    # "constant": every shared_expert_gate weight starts at zero and is frozen, so the shared expert always
+    # adds exactly sigmoid(0) * W_d x = W_d x / 2. That is what llama.cpp's granite_swa graph can run exactly
+    # (GGUF of a windowed MoE student; exporters/gguf/encoding.py); "learned": Qwen2-MoE's own sigmoid gate.
+    shared_gate: str = "learned"
     window: int | None = None  # sliding window w on `window_layers`
     window_layers: tuple[int, ...] = ()
     init_layers: tuple[int, ...] | None = None  # teacher layer for each student layer; None: evenly spaced
@@ -82,11 +86,22 @@ class StudentSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+SHARED_GATES = ("learned", "constant")
+
 # The demo student: half the teacher's depth, layer 0 a MoE-hybrid layer (4 experts top-2 each seeded with
 # a quarter of the teacher's MLP, plus a shared expert copied from it) with a 64-token sliding window,
-# layer 1 dense with full attention.
+# layer 1 dense with full attention. Renormalized top-k and a constant shared-expert gate make it exactly
+# encodable in GGUF (granite_swa) as well as ONNX; top_k must stay a power of two for the GGUF encoding
+# of the dense layer.
 DEFAULT_STUDENT = StudentSpec(
-    layers=2, moe_layers=(0,), num_experts=4, top_k=2, window=64, window_layers=(0,)
+    layers=2,
+    moe_layers=(0,),
+    num_experts=4,
+    top_k=2,
+    norm_topk_prob=True,
+    shared_gate="constant",
+    window=64,
+    window_layers=(0,),
 )
 
 
@@ -133,6 +148,10 @@ def resolve_config(spec: StudentSpec, teacher_config: dict[str, Any]) -> dict[st
         bad = [i for i in idx if not 0 <= i < L]
         if bad:
             raise UserError(f"student {name} {bad} out of range for {L} layers")
+    if spec.shared_gate not in SHARED_GATES:
+        raise UserError(
+            f"student shared_gate must be one of {', '.join(SHARED_GATES)}, got {spec.shared_gate!r}"
+        )
     if spec.window_layers and not spec.window:
         raise UserError("student window_layers given without a window size")
     if spec.window is not None and spec.window < 1:
@@ -210,6 +229,13 @@ def build_student(spec: StudentSpec, teacher, seed: int = 0):
     torch.manual_seed(seed)
     student = transformers_class(fam.model_class)(transformers_class(fam.config_class).from_dict(cfg))
     report = init_from_teacher(student, teacher, spec, seed)
+    if spec.shared_gate == "constant":
+        for name, p in student.named_parameters():
+            if name.endswith("mlp.shared_expert_gate.weight"):
+                with torch.no_grad():
+                    p.zero_()
+                p.requires_grad_(False)  # the trainer optimizes only parameters that require grad
+                report.sources[name] = "zero (constant shared-expert gate, frozen)"
     return student, report
 
 

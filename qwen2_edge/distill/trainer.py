@@ -184,7 +184,7 @@ def train(
     if resume:
         if state_dir is None or not (state_dir / "state.json").is_file():
             raise UserError("nothing to resume (no trainer checkpoint)", state_dir or ckpt_dir)
-        start = _load_state(state_dir, model, opt, result, dev)
+        start = _load_state(state_dir, model, opt, result, cfg, dev)
         say(f"resumed from step {start} ({state_dir})")
     net = model
     if world > 1:
@@ -348,10 +348,19 @@ def _save_state(
         dist.barrier()
 
 
-def _load_state(state_dir: Path, model, opt, result: TrainResult, dev: torch.device) -> int:
+def _load_state(state_dir: Path, model, opt, result: TrainResult, cfg: TrainConfig, dev: torch.device) -> int:
     from safetensors.torch import load_file
 
     state = json.loads((state_dir / "state.json").read_text())
+    # Resuming is exact only with the settings that fixed the batch order and the schedule.
+    saved = state.get("config", {})
+    now = asdict(cfg)
+    differ = [
+        k for k in ("steps", "batch_size", "grad_accum", "seed", "lr", "warmup") if saved.get(k) != now[k]
+    ]
+    if differ:
+        diffs = ", ".join(f"{k} {saved.get(k)} -> {now[k]}" for k in differ)
+        raise UserError(f"cannot resume with different training settings ({diffs})", state_dir)
     weights = load_file(str(state_dir / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:

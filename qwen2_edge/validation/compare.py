@@ -7,8 +7,10 @@ and only the `Session` protocol is used on them. The reference is transformers i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,17 @@ def decode_consistency(session: Session, chunk: list[int], n_decode: int) -> tup
     return float(st.kld.max()), float(st.max_dlogit.max())
 
 
+@contextlib.contextmanager
+def _runtime_errors(session: Session) -> Iterator[None]:
+    """A runtime refusing the work (e.g. a chunk longer than its context) is bad input, not a crash."""
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(
+            f"{session.runtime} cannot run this check ({e}); try a smaller --ctx", session.path
+        ) from None
+
+
 def _reference_forward(ref, ids: list[int], want_router: bool) -> tuple[np.ndarray, list[np.ndarray]]:
     """Reference logits for a chunk, plus the router logits of its MoE layers (one forward pass)."""
     if not want_router:
@@ -286,7 +299,8 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
         targets = np.asarray(chunk[1:])
         for i, s in enumerate(sessions):
             t0 = time.perf_counter()
-            cand = s.logits(chunk)
+            with _runtime_errors(s):
+                cand = s.logits(chunk)
             seconds[i] += time.perf_counter() - t0
             widths[i] = cand.shape[1]
             per_chunk[i].append(compare_logits(ref_logits[:-1], cand[:-1], targets))
@@ -311,11 +325,12 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
         stats = TokenStats.concat([c.select(slice(score_from, None)) for c in per_chunk[i]])
         summary = summarize(stats)
         t0 = time.perf_counter()
-        diffs = [
-            first_difference(g, s.greedy(p, opts.greedy_new_tokens))
-            for p, g in zip(prompts, ref_gen, strict=True)
-        ]
-        dec_kld, dec_dlogit = decode_consistency(s, chunks[0], min(16, ctx - score_from))
+        with _runtime_errors(s):
+            diffs = [
+                first_difference(g, s.greedy(p, opts.greedy_new_tokens))
+                for p, g in zip(prompts, ref_gen, strict=True)
+            ]
+            dec_kld, dec_dlogit = decode_consistency(s, chunks[0], min(16, ctx - score_from))
         summary["decode_kld_max"], summary["decode_max_dlogit"] = dec_kld, dec_dlogit
         seconds[i] += time.perf_counter() - t0
         if widths[i] != ref_logits.shape[1]:
