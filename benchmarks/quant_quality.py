@@ -40,6 +40,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("float f32 (reference)", "f32", "float"),
     Variant("ours int4 GPTQ (q4_0)", "q4_0", "ours", "gptq"),
     Variant("ours int4 RTN (q4_0)", "q4_0", "ours", "rtn"),
+    # every matrix Q4_0, embeddings and lm_head too: fewer bits than llama.cpp's Q4_0 file (Q6_K output)
+    Variant("ours int4 GPTQ all-q4_0", "q4_0", "ours", "gptq", policy="all"),
     Variant("llama.cpp Q4_0", "Q4_0", "llama.cpp"),
     Variant("ours int8 GPTQ (q8_0)", "q8_0", "ours", "gptq"),
     Variant("ours int8 RTN (q8_0)", "q8_0", "ours", "rtn"),
@@ -54,7 +56,7 @@ def build(
     from qwen2_edge.exporters.api import export_model
 
     t0 = time.perf_counter()
-    out = work / (v.label.split(" (")[0].replace(" ", "_").replace(".", "") + ".gguf")
+    out = work / (v.label.split(" (")[0].replace(" ", "_").replace(".", "").replace("-", "_") + ".gguf")
     if v.maker == "llama.cpp":
         import llama_cpp
 

@@ -181,3 +181,19 @@ def test_clip_search_never_worse_than_round_to_nearest(w, scheme):
     e_rtn = err(*block_params(blk, scheme, cw, (1.0,)))
     e_clip = err(*block_params(blk, scheme, cw, tuple(1 - 0.05 * i for i in range(8))))
     assert (e_clip <= e_rtn * (1 + 1e-6) + 1e-12).all()
+
+
+@pytest.mark.parametrize("scheme", [QuantScheme(8, 32, False), QuantScheme(4, 32, False)])
+def test_asymmetric_scale_rounding_never_clips(scheme):
+    """Regression: the 7-bit scale of asymmetric blocks was rounded to nearest, which can shrink the
+    covered [min, max] range and clip the block maximum (found by the round-trip property test at int8).
+    Now every element is within one step, and the block extremes within half a step plus the zero-point shift."""
+    w = np.random.default_rng(5).standard_normal((2000, 32)).astype(np.float32)
+    q = quantize_rtn("w", w, scheme)
+    step = q.scales.astype(np.float32)
+    err = np.abs(q.dequantize() - w)
+    assert (err <= step * (1 + 2**-9)).all()
+    top = scheme.levels - 1
+    assert (
+        (q.scales.astype(np.float32) * top)[:, 0] >= (w.max(1) - np.minimum(w.min(1), 0)) * (1 - 1e-6)
+    ).all()

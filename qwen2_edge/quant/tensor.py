@@ -78,7 +78,7 @@ def round_scale_for_zero_point(scale: np.ndarray) -> np.ndarray:
     This makes (code - zero) * scale == code * scale + min with min = -zero * scale stored as float16,
     i.e. an asymmetric int4 block is bit-identical in MatMulNBits and in GGUF Q4_1 (relative scale
     change <= 2**-7, small against the 4-bit step of 1/15). The mantissa is rounded UP so the block's
-    [min, max] range stays covered (rounding down would clip the block maximum, by ~2 steps at 8 bits)."""
+    [min, max] range stays covered (round-to-nearest could shrink it and clip the maximum, ~1 step at 8 bits)."""
     s = scale.astype(np.float32)
     m, e = np.frexp(s)
     m = np.ceil(m * 128) / 128
@@ -96,22 +96,23 @@ def quantize_blocks(
     w = w.astype(np.float32)
     mid, top = scheme.mid, scheme.levels - 1
     if scale is None:
-        if scheme.symmetric:
-            if scheme.bits == 8:
-                amax = np.abs(w).max(axis=-1)
-                scale = (amax / 127.0).astype(np.float16)  # Q8_0: d = amax / 127
+        with np.errstate(over="ignore"):  # an overflowing float16 scale is reported by check_scales
+            if scheme.symmetric:
+                if scheme.bits == 8:
+                    amax = np.abs(w).max(axis=-1)
+                    scale = (amax / 127.0).astype(np.float16)  # Q8_0: d = amax / 127
+                else:
+                    idx = np.abs(w).argmax(axis=-1)
+                    signed_max = np.take_along_axis(w, idx[..., None], axis=-1)[..., 0]
+                    scale = (signed_max / -mid).astype(np.float16)  # Q4_0: d = max / -8
+                zero = np.full(scale.shape, mid, dtype=np.uint8)
             else:
-                idx = np.abs(w).argmax(axis=-1)
-                signed_max = np.take_along_axis(w, idx[..., None], axis=-1)[..., 0]
-                scale = (signed_max / -mid).astype(np.float16)  # Q4_0: d = max / -8
-            zero = np.full(scale.shape, mid, dtype=np.uint8)
-        else:
-            lo = np.minimum(w.min(axis=-1), 0.0)
-            hi = np.maximum(w.max(axis=-1), 0.0)
-            scale = round_scale_for_zero_point((hi - lo) / top)
-            s32 = scale.astype(np.float32)
-            safe = np.where(s32 == 0, 1.0, s32)
-            zero = np.clip(np.round(-lo / safe), 0, top).astype(np.uint8)
+                lo = np.minimum(w.min(axis=-1), 0.0)
+                hi = np.maximum(w.max(axis=-1), 0.0)
+                scale = round_scale_for_zero_point((hi - lo) / top)
+                s32 = scale.astype(np.float32)
+                safe = np.where(s32 == 0, 1.0, s32)
+                zero = np.clip(np.round(-lo / safe), 0, top).astype(np.uint8)
     s32 = scale.astype(np.float32)[..., None]
     inv = np.where(s32 == 0, 0.0, 1.0 / np.where(s32 == 0, 1.0, s32))
     codes = np.clip(np.round(w * inv) + zero.astype(np.float32)[..., None], 0, top).astype(np.uint8)

@@ -3,8 +3,9 @@
 - rtn: round-to-nearest per block (no data).
 - gptq: Hessian-based error compensation on calibration text, layer by layer, MoE-aware, act-order
   and a per-block scale (clipping) search on by default; options: calib, calib_tokens, seq_len, damp,
-  act_order, clip_search, min_expert_tokens, progress. (On a small trained MoE, int4 b32 mean KLD to
-  float: RTN 0.0182, GPTQ 0.0087, + act-order 0.0070.)
+  act_order, clip_search, min_expert_tokens, progress. Measured int4 b32 mean KLD to float (transformers,
+  held-out text): builtin:teacher RTN 3.3e-4 -> GPTQ 8.6e-5; a small trained MoE hybrid RTN 1.8e-2 ->
+  GPTQ without act-order 8.7e-3 -> with act-order 7.0e-3.
 """
 
 from __future__ import annotations
