@@ -217,7 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(bw),
                            "options": opts.to_json(), "llama_cpp_python": peers.llama_cpp_version()}  # fmt: skip
 
-    if not args.skip_export:
+    if args.skip_export:
+        # Keep the export-cost table of the run that made the reused artifacts, labelled with its date.
+        prev = args.results / "results.json"
+        if prev.is_file():
+            old = json.loads(prev.read_text())
+            if "export_ratios" in old:
+                doc["exports"], doc["export_ratios"] = old["exports"], old["export_ratios"]
+                doc["exports_date"] = old.get("exports_date", old.get("date"))
+                title = (
+                    f"Export cost (Qwen2-0.5B shape, bf16 checkpoint; from the run of {doc['exports_date']})"
+                )
+                text[title] = export_cost.format_ratio_table(old["export_ratios"])
+                if "moe_exports" in old:
+                    doc["moe_exports"] = old["moe_exports"]
+    else:
         costs = export_cost.run_export_cost(dense, exp_dir, args.threads, log=log)
         rows = export_cost.ratio_rows(costs)
         text["Export cost (Qwen2-0.5B shape, bf16 checkpoint)"] = export_cost.format_ratio_table(rows)
@@ -226,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         if moe is not None:
             doc["moe_exports"] = [c.to_json() for c in export_moe(moe, exp_dir, args.threads)]
 
+    if doc.get("moe_exports"):
+        text["Our exports of the MoE checkpoint"] = "\n".join(
+            f"{c['label']}: {c['wall_s']:.1f} s, peak {c['peak_rss_mb']:.0f} MB"
+            + ("" if c["ok"] else f", refused: {c['error']}")
+            for c in doc["moe_exports"]
+        )
     sweep = None if not args.no_window_sweep else False
     jobs = [
         Job("gguf_ours", "gguf", "ours q4_0 gguf", exp_dir / "ours-q4_0.gguf"),
