@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 LLAMA_CPP_PYTHON = "0.3.36"
+# llama.cpp's OpenMP threads spin while waiting; on a shared 2-core machine that costs ~10x in decode
+# speed for both files alike. Passive waiting (set before llama_cpp is imported) keeps numbers meaningful.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 CACHE = Path.home() / ".cache" / "qwen2-edge" / "sdist"
 CONVERTER = Path("vendor/llama.cpp/convert_hf_to_gguf.py")
 
@@ -87,6 +90,27 @@ def tensor_types(path: Path) -> dict[str, int]:
     return counts
 
 
+def compare_layout(a: Path, b: Path) -> str:
+    """Same tensors, types and shapes? And how many of the stored bytes are identical?"""
+    import numpy as np
+    from gguf import GGUFReader
+
+    ta = {t.name: t for t in GGUFReader(str(a)).tensors}
+    tb = {t.name: t for t in GGUFReader(str(b)).tensors}
+    if set(ta) != set(tb):
+        return f"tensor names differ: {sorted(set(ta) ^ set(tb))[:5]}"
+    bad = [n for n in ta if ta[n].tensor_type != tb[n].tensor_type or list(ta[n].shape) != list(tb[n].shape)]
+    if bad:
+        return f"types/shapes differ for {bad[:5]}"
+    same = total = 0
+    for n in ta:
+        x = np.asarray(ta[n].data).view(np.uint8).reshape(-1)
+        y = np.asarray(tb[n].data).view(np.uint8).reshape(-1)
+        same += int((x == y).sum())
+        total += x.size
+    return f"same {len(ta)} tensors, types and shapes; {100 * same / total:.2f}% of tensor bytes identical"
+
+
 class Timer:
     """One loaded file: prefill and decode tokens/s on fixed tokens (no sampling in the timed loop)."""
 
@@ -116,13 +140,15 @@ class Timer:
         self.llm.eval(ids)
         return len(ids) / (time.perf_counter() - t0)
 
-    def decode(self, prompt: list[int], n: int) -> float:
+    def start_decode(self, prompt: list[int]) -> None:
         self._clear()
         self.llm.eval(prompt)
+
+    def step(self, token: int) -> float:
+        """Seconds for one decode step (one token through the KV cache)."""
         t0 = time.perf_counter()
-        for i in range(n):
-            self.llm.eval([prompt[i % len(prompt)]])
-        return n / (time.perf_counter() - t0)
+        self.llm.eval([token])
+        return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,46 +164,70 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="time the files already in --work (no re-export)")
+    ap.add_argument(
+        "--no-aa", action="store_true", help="skip the noise floor (llama.cpp's file loaded twice)"
+    )
     args = ap.parse_args(argv)
     if not (args.ckpt / "config.json").is_file():
         print(f"{args.ckpt}: no checkpoint; make it with `python -m benchmarks.checkpoints DIR qwen2-0.5b`")
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    src = find_llama_cpp_src(args.llama_cpp_src)
     files = {"qwen2-edge": work / "ours-q4_0.gguf", "llama.cpp": work / "llamacpp-q4_0.gguf"}
-    t0 = time.perf_counter()
-    ours_q4_0(args.ckpt, files["qwen2-edge"], args.threads)
-    t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    llama_cpp_q4_0(args.ckpt, files["llama.cpp"], src, args.threads)
-    t_theirs = time.perf_counter() - t0
+    t_ours = t_theirs = float("nan")
+    if not (args.reuse and all(p.is_file() for p in files.values())):
+        src = find_llama_cpp_src(args.llama_cpp_src)
+        t0 = time.perf_counter()
+        ours_q4_0(args.ckpt, files["qwen2-edge"], args.threads)
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        llama_cpp_q4_0(args.ckpt, files["llama.cpp"], src, args.threads)
+        t_theirs = time.perf_counter() - t0
 
     ids = list(range(1000, 1000 + args.prefill))
-    timers = {k: Timer(p, args.threads, n_ctx=args.prefill + args.decode + 8) for k, p in files.items()}
-    res: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in files}
+    runs = dict(files)
+    if not args.no_aa:  # A/A: the same file in a second session shows how much this machine's noise is
+        runs["llama.cpp #2"] = files["llama.cpp"]
+    timers = {k: Timer(p, args.threads, n_ctx=args.prefill + args.decode + 8) for k, p in runs.items()}
+    res: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runs}
     for t in timers.values():  # warm-up: page the weights in, untimed
         t.prefill(ids[:32])
-        t.decode(ids[:16], 4)
-    for _ in range(args.rounds):  # alternate, so drift and neighbours' load hit both files alike
-        for k, t in timers.items():
+        t.start_decode(ids[:16])
+        t.step(ids[0])
+    pairs = list(timers.items())
+    for r in range(args.rounds):
+        # Prefill alternates file order per round; decode rotates the order per token, so the neighbours'
+        # load on this shared machine hits every session alike.
+        for k, t in pairs[r % len(pairs) :] + pairs[: r % len(pairs)]:
             res[k]["prefill"].append(t.prefill(ids))
-        for k, t in timers.items():
-            res[k]["decode"].append(t.decode(ids[:16], args.decode))
+        for _, t in pairs:
+            t.start_decode(ids[:16])
+        secs = dict.fromkeys(timers, 0.0)
+        for i in range(args.decode):
+            for k, t in pairs[i % len(pairs) :] + pairs[: i % len(pairs)]:
+                secs[k] += t.step(ids[i % 16])
+        for k in timers:
+            res[k]["decode"].append(args.decode / secs[k])
     med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in res.items()}
 
     print(f"\nGGUF Q4_0 of {args.ckpt} - llama-cpp-python {LLAMA_CPP_PYTHON}, {args.threads} threads, "
-          f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} alternating rounds")  # fmt: skip
+          f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} interleaved rounds, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")  # fmt: skip
     print(
         f"{'file':<12} {'MiB':>8} {'export s':>9} {'prefill tok/s':>14} {'decode tok/s':>13}  tensor types (elements)"
     )
-    for k, p in files.items():
+    for k, p in runs.items():
         types = ", ".join(f"{t} {n / 1e6:.1f}M" for t, n in sorted(tensor_types(p).items()))
-        secs = t_ours if k == "qwen2-edge" else t_theirs
+        secs = {"qwen2-edge": t_ours, "llama.cpp": t_theirs}.get(k, float("nan"))
         print(f"{k:<12} {p.stat().st_size / 2**20:>8.1f} {secs:>9.1f} {med[k]['prefill']:>14.1f} "
               f"{med[k]['decode']:>13.2f}  {types}")  # fmt: skip
+    print(f"layout: {compare_layout(files['qwen2-edge'], files['llama.cpp'])}")
     for m in ("prefill", "decode"):
-        print(f"ratio {m}: {med['qwen2-edge'][m] / med['llama.cpp'][m]:.3f}x (target >= 0.97x)")
+        line = f"ratio {m}: {med['qwen2-edge'][m] / med['llama.cpp'][m]:.3f}x (target >= 0.97x)"
+        if "llama.cpp #2" in med:
+            line += f"; noise floor (llama.cpp vs itself) {med['llama.cpp #2'][m] / med['llama.cpp'][m]:.3f}x"
+        print(line)
     for t in timers.values():
         t.llm.close()
     return 0

@@ -1,11 +1,12 @@
 """Decode and prefill tokens/s of our int4 ONNX export beside onnxruntime-genai's model builder, same run.
 
     python -m benchmarks.onnx_decode [--ckpt-dir /work/bench-ckpt] [--out bench-out/onnx] [--threads 2]
-                                     [--prompt 128] [--new 64] [--repeats 2] [--skip-moe]
+                                     [--prompt 128] [--new 64] [--repeats 3] [--skip-moe] [--with-acc0]
 
 Qwen2-0.5B shape (random weights, `python -m benchmarks.checkpoints DIR qwen2-0.5b`):
   - builder: `python -m onnxruntime_genai.models.builder -i CKPT -o OUT -p int4 -e cpu`, run in onnxruntime-genai
-  - ours, int4 (default policy: embeddings/lm_head int8) at accuracy_level 0 and 4, and with an int4 lm_head,
+  - ours, int4 with an int4 lm_head (the builder's precision) and with the default policy's int8
+    embeddings / lm_head, accuracy_level 4 (int8 activations; --with-acc0 adds float32 activations),
     each run in onnxruntime-genai and in our OnnxSession.
 MoE shape (`... moe`): our int4 export (genai + OnnxSession) vs transformers eager (float32) decode.
 Every engine gets the same prompt, `threads` intra-op threads, greedy decoding; the best of `repeats`.
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-moe", action="store_true")
-    ap.add_argument("--skip-variants", action="store_true", help="only the default export vs the builder")
+    ap.add_argument(
+        "--skip-variants", action="store_true", help="only our int4-lm_head export vs the builder"
+    )
+    ap.add_argument("--with-acc0", action="store_true", help="also accuracy_level=0 (float32 activations)")
     args = ap.parse_args(argv)
 
     from benchmarks.checkpoints import bench_checkpoint
@@ -122,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     dense = bench_checkpoint("qwen2-0.5b", args.ckpt_dir / "qwen2-0.5b")
     print(f"Qwen2-0.5B shape: {dense}", flush=True)
     builder = build_with_genai_builder(dense, args.out / "builder-int4")
-    variants = [("ours int4 acc4 lm_head int4", 4, ["model.embed_tokens.weight=int4"])]
+    int4_head = ["model.embed_tokens.weight=int4"]  # tied: the table is the lm_head
+    variants = [("ours int4 acc4 lm_head int4", 4, int4_head)]
     if not args.skip_variants:
-        variants += [("ours int4 acc4", 4, []), ("ours int4 acc0", 0, [])]
+        variants.append(("ours int4 acc4", 4, []))  # default policy: embeddings / lm_head int8
+    if args.with_acc0:  # float32 activations; int8 MatMulNBits has no fast fp32 kernel, hence int4 head
+        variants.append(("ours int4 acc0 lm_head int4", 0, int4_head))
     folders = {"genai builder int4": builder}
     for label, level, overrides in variants:
         folders[label] = export_ours(dense, args.out / label.replace(" ", "-"), level, overrides)

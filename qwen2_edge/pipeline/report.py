@@ -83,6 +83,7 @@ def write_report(cfg, result) -> dict[str, Any]:
         "check": result.check,
         "bench": result.bench,
         "artifacts": [a.export for a in result.artifacts],
+        "refused": result.refused,
     }
     with atomic_file(out / "report.json", force=True) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -94,6 +95,8 @@ def write_report(cfg, result) -> dict[str, Any]:
             "",
         ]
     md += [markdown_table(rows), ""]
+    for r in result.refused:
+        md += [f"- {r['artifact']} not written: {r['reason']}"]
     if result.check.get("report"):
         md += [f"Detailed accuracy report: `{result.check['report']}`", ""]
     with atomic_file(out / "summary.md", force=True) as tmp:

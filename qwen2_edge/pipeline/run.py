@@ -39,6 +39,7 @@ class PipelineResult:
     distill: dict[str, Any] = field(default_factory=dict)
     teacher_vs_student: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)  # formats that cannot hold the model exactly
 
 
 class Progress:
@@ -111,6 +112,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
 
     # 2. quantize once per quant, export to every format (same codes in ONNX and GGUF)
     artifacts: list[Artifact] = []
+    refused: list[dict[str, str]] = []
     art_dir = out / "artifacts"
     for q in quant_groups:
         targets = [(fmt, fq) for fmt, pq, fq in plan if pq == q]
@@ -118,8 +120,8 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
         key = fingerprint("export", student_fp, q, targets, cfg.method, cfg.policy)
 
         def do_export(q=q, targets=targets, paths=paths, key=key):
-            hit = cache.lookup(f"export:{q}", key, list(paths.values()))
-            if hit is not None:
+            hit = cache.lookup(f"export:{q}", key, [])
+            if hit is not None and all(paths[f].exists() for f in hit if "refused" not in hit[f]):
                 return hit, True
             results = stages.quantize_and_export(cfg, student, q, targets, paths)
             cache.store(f"export:{q}", key, results)
@@ -127,6 +129,12 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
 
         results = progress.stage(f"quantize {q} + export {', '.join(f for f, _ in targets)}", do_export)
         for fmt, fq in targets:
+            if "refused" in results[fmt]:
+                echo(f"      {fmt} {fq} refused: {results[fmt]['refused']}")
+                refused.append(
+                    {"artifact": f"{q}-{fmt}", "format": fmt, "quant": fq, "reason": results[fmt]["refused"]}
+                )
+                continue
             artifacts.append(Artifact(f"{q}-{fmt}", paths[fmt], fmt, fq, results[fmt]))
 
     # 3. check every artifact against the student's float reference (and the student against the teacher)
@@ -135,6 +143,8 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
     )
 
     def do_check():
+        if not artifacts:
+            return {"artifacts": [], "passed": True, "notes": ["no artifact was written"]}, False
         hit = cache.lookup("check", check_key, [out / "check.json"])
         if hit is not None:
             return hit, True
@@ -146,7 +156,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
 
     # 4. bench
     bench: list[dict[str, Any]] = []
-    if cfg.bench:
+    if cfg.bench and artifacts:
         bench_key = fingerprint(
             "bench", student_fp, *[a.path for a in artifacts], cfg.bench_prompt_tokens, cfg.bench_gen_tokens
         )
@@ -162,7 +172,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
         bench = progress.stage("benchmark artifacts", do_bench)["rows"]
 
     result = PipelineResult(
-        student, artifacts, check, bench, distill_info, check.get("teacher_vs_student", {})
+        student, artifacts, check, bench, distill_info, check.get("teacher_vs_student", {}), refused=refused
     )
 
     # 5. report (always rewritten: cheap, and reflects the cached results)

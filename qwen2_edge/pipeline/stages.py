@@ -11,10 +11,12 @@ from .config import PipelineConfig
 
 
 def distill_student(cfg: PipelineConfig, out_dir: Path, echo=print) -> dict[str, Any]:
-    from ..distill.api import REPORT, distill
-    from ..distill.trainer import TrainConfig
+    from dataclasses import replace
 
-    train = TrainConfig(progress=False, **({"steps": cfg.distill_steps} if cfg.distill_steps else {}))
+    from ..distill.api import REPORT, distill
+    from ..distill.config import DEMO_CONFIG
+
+    train = replace(DEMO_CONFIG, **({"steps": cfg.distill_steps} if cfg.distill_steps else {}))
     path = distill(cfg.teacher, cfg.student, cfg.data or None, out_dir, config=train, force=True, log=echo)
     report = path / REPORT
     return json.loads(report.read_text()) if report.is_file() else {}
@@ -23,7 +25,11 @@ def distill_student(cfg: PipelineConfig, out_dir: Path, echo=print) -> dict[str,
 def quantize_and_export(
     cfg: PipelineConfig, student: Path, quant: str, targets: list[tuple[str, str]], paths: dict[str, Path]
 ) -> dict[str, dict[str, Any]]:
-    """Quantize the student once for `quant` and write it in every target format."""
+    """Quantize the student once for `quant` and write it in every target format.
+
+    A format that cannot represent the model exactly refuses it (UnsupportedError); the refusal is recorded
+    as that artifact's result and the other formats go on."""
+    from ..errors import UnsupportedError
     from ..exporters.api import export_checkpoint, make_policy, quantize_for_export
     from ..exporters.registry import FORMATS
     from ..model.checkpoint import open_checkpoint
@@ -34,15 +40,12 @@ def quantize_and_export(
     qmodel = quantize_for_export(ckpt, scheme, cfg.method, make_policy(cfg.policy)) if scheme else None
     results = {}
     for fmt, fq in targets:
-        res = export_checkpoint(
-            ckpt,
-            fmt,
-            fq,
-            paths[fmt],
-            qmodel=qmodel if schemes[fmt] else None,
-            force=True,
-            threads=cfg.threads,
-        )
+        qm = qmodel if schemes[fmt] else None
+        try:
+            res = export_checkpoint(ckpt, fmt, fq, paths[fmt], qmodel=qm, force=True, threads=cfg.threads)
+        except UnsupportedError as e:
+            results[fmt] = {"refused": e.problem}
+            continue
         results[fmt] = res.to_json()
     return results
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -66,16 +67,30 @@ def check_gguf(path: Path) -> dict:
     except Exception as e:  # numpy/struct errors from a cut-off file
         raise ArtifactError(f"truncated or corrupt GGUF file ({' '.join(str(e).split())})", path) from None
     out = {}
-    for key in ("general.architecture", "tokenizer.chat_template"):
+    for key in ("general.architecture", "tokenizer.chat_template", "qwen2_edge.tokenizer.normalizer"):
         field = reader.fields.get(key)
         if field is not None:
             out[key] = bytes(field.parts[field.data[0]]).decode("utf-8")
+    field = reader.fields.get("general.file_type")
+    if field is not None:
+        out["file_type"] = int(field.parts[field.data[0]][0])
     arch = out.get("general.architecture")
     if arch is not None:
         field = reader.fields.get(f"{arch}.context_length")
         if field is not None:
             out["context_length"] = int(field.parts[field.data[0]][0])
     return out
+
+
+def file_type_name(file_type: int | None) -> str:
+    """general.file_type as our quant names: 0 -> "f32", 2 -> "q4_0", 15 -> "q4_k_m" (the file's main type)."""
+    from gguf import LlamaFileType
+
+    try:
+        name = LlamaFileType(file_type).name
+    except ValueError:
+        return "f32" if file_type is None else f"file_type_{file_type}"
+    return "f32" if name == "ALL_F32" else name.removeprefix("MOSTLY_").lower()
 
 
 class LlamaCppSession(Session):
@@ -87,6 +102,7 @@ class LlamaCppSession(Session):
 
         self.path = Path(path)
         self.meta = check_gguf(self.path)
+        self.quant = file_type_name(self.meta.get("file_type"))
         quiet_llama_logs()
         n_ctx = n_ctx or min(self.meta.get("context_length", 4096), 4096)
         try:
@@ -141,6 +157,10 @@ class LlamaCppSession(Session):
 
     # -- text -------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        # llama.cpp skips the tokenizer's Unicode normalizer (Qwen2: NFC); the exporter records it and we
+        # apply it here, so decomposed input ("e" + combining accent) tokenizes as in transformers.
+        if self.meta.get("qwen2_edge.tokenizer.normalizer") == "NFC":
+            text = unicodedata.normalize("NFC", text)
         # special=True: special-token strings in the text become their ids, as the HF tokenizer does
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 

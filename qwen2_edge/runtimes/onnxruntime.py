@@ -57,8 +57,10 @@ class OnnxSession(Session):
         return self._tok
 
     def reset(self) -> None:
+        from onnxruntime import OrtValue
+
         s = self.spec
-        empty = np.zeros((1, s.num_kv_heads, 0, s.head_dim), np.float32)
+        empty = OrtValue.ortvalue_from_numpy(np.zeros((1, s.num_kv_heads, 0, s.head_dim), np.float32))
         self._past = dict.fromkeys(self._past_names, empty)
         self._n = 0
 
@@ -67,16 +69,19 @@ class OnnxSession(Session):
         return self._n
 
     def append(self, ids: Sequence[int]) -> np.ndarray:
+        from onnxruntime import OrtValue
+
         ids = np.asarray([list(ids)], dtype=np.int64)
         feeds = {
-            "input_ids": ids,
-            "attention_mask": np.ones((1, self._n + ids.shape[1]), np.int64),
+            "input_ids": OrtValue.ortvalue_from_numpy(ids),
+            "attention_mask": OrtValue.ortvalue_from_numpy(np.ones((1, self._n + ids.shape[1]), np.int64)),
             **self._past,
         }
-        out = self.session.run(["logits", *self._present_names], feeds)
+        # The KV cache stays in onnxruntime's OrtValues from step to step (no round trip through numpy).
+        out = self.session.run_with_ort_values(["logits", *self._present_names], feeds)
         self._past = dict(zip(self._past_names, out[1:], strict=True))
         self._n += ids.shape[1]
-        return out[0][0]
+        return out[0].numpy()[0]
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

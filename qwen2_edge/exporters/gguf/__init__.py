@@ -38,7 +38,12 @@ def export_gguf(
         raise UserError(f"the gguf format cannot hold quant type {quant!r} (choose from {', '.join(QUANTS)})")
     gq = QUANTS[quant]
     out = Path(out)
-    enc = choose_encoding(ckpt.spec, str(ckpt.path), ffn_multiple=1 if gq.maker == "float" else 32)
+    enc = choose_encoding(
+        ckpt.spec,
+        str(ckpt.path),
+        ffn_multiple=1 if gq.maker == "float" else 32,
+        weights=lambda n: ckpt.canonical(n).numpy(),  # some MoE encodings depend on values (encoding.py)
+    )
     if gq.maker == "ours" and qmodel is None:
         from ...quant import quantize_model
         from ..registry import get_format
@@ -62,14 +67,14 @@ def export_gguf(
         else:
             ftype = GGMLQuantizationType.F16 if quant == "f16" else GGMLQuantizationType.F32
             plan = write_gguf(tmp, enc, vocab, kv, tensors(enc, get), gq, ftype, name)
+    if gq.maker == "llama.cpp":  # report the types llama.cpp actually chose, not the f16 input's
+        plan.rows = stored_types(out)
     size = out.stat().st_size
     notes = list(enc.notes) + plan.fallbacks
     if vocab.n_placeholders:
         notes.append(f"{vocab.n_placeholders} embedding rows beyond the tokenizer written as [PAD] tokens")
     if gq.maker == "llama.cpp":
-        notes.append(
-            f"{quant} made by llama.cpp's llama_model_quantize from an f16 GGUF (tensor plan is the f16 one)"
-        )
+        notes.append(f"{quant} made by llama.cpp's llama_model_quantize from an f16 GGUF written first")
     return ExportResult(
         path=out,
         format="gguf",
@@ -80,6 +85,15 @@ def export_gguf(
         plan=plan.rows,
         notes=notes,
     )
+
+
+def stored_types(path: Path) -> list[dict]:
+    from gguf import GGUFReader
+
+    return [
+        {"tensor": t.name, "shape": [int(x) for x in reversed(t.shape)], "type": t.tensor_type.name}
+        for t in GGUFReader(str(path)).tensors
+    ]
 
 
 def llama_quantize(src: Path, dst: Path, ftype: int, threads: int | None) -> None:

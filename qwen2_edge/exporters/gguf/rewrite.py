@@ -92,6 +92,21 @@ def stack_copies(w: Weight, n: int) -> Weight:
     return np.ascontiguousarray(np.broadcast_to(w, (n, *w.shape)))
 
 
+def concat_rows(a: Weight, b: Weight) -> Weight:
+    """Rows of `a` then rows of `b` (axis -2): two projections of one input fused into one matrix."""
+    quantized = isinstance(a, QuantizedTensor) and isinstance(b, QuantizedTensor)
+    if quantized and a.scheme == b.scheme and a.codes.shape[-1] == b.codes.shape[-1]:
+        cat = lambda x, y: np.concatenate([x, y], axis=-2)  # noqa: E731
+        return dataclasses.replace(
+            a,
+            shape=(*a.shape[:-2], a.shape[-2] + b.shape[-2], a.shape[-1]),
+            codes=cat(a.codes, b.codes),
+            scales=cat(a.scales, b.scales),
+            zeros=cat(a.zeros, b.zeros),
+        )
+    return np.concatenate([to_float(a), to_float(b)], axis=-2)
+
+
 def scale_pow2(w: Weight, factor: float) -> Weight:
     """Multiply by a power of two: exact for float32 values and for float16 block scales."""
     m, _ = np.frexp(factor)
@@ -101,7 +116,8 @@ def scale_pow2(w: Weight, factor: float) -> Weight:
         return w
     if isinstance(w, QuantizedTensor):
         scales = (w.scales.astype(np.float32) * factor).astype(np.float16)
-        if not np.isfinite(scales).all():
+        # overflow, or a halved scale losing bits as a float16 subnormal: keep the exact values instead
+        if not np.array_equal(scales.astype(np.float32), w.scales.astype(np.float32) * factor):
             return scale_pow2(w.dequantize(), factor)
         return dataclasses.replace(w, scales=scales)
     out = w * np.float32(factor)

@@ -10,7 +10,7 @@ from gguf import TokenType
 
 from ...errors import CheckpointError, UnsupportedError
 from ...model.checkpoint import Checkpoint
-from ...model.tokenizer import TextTokenizer
+from ...model.tokenizer import QWEN2_SPLIT, TextTokenizer
 
 
 @dataclass
@@ -21,6 +21,10 @@ class GGUFVocab:
     special: dict[str, int]  # bos / eos / pad -> id
     chat_template: str | None
     n_placeholders: int  # embedding rows beyond the tokenizer, filled with [PAD{i}] tokens
+    normalizer: str | None = None  # "NFC": llama.cpp does not normalize, so our runtime does it first
+
+
+NORMALIZER_KEY = "qwen2_edge.tokenizer.normalizer"  # ignored by llama.cpp, read by runtimes/llamacpp.py
 
 
 def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
@@ -34,6 +38,15 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
         raise UnsupportedError(
             f"tokenizer model {model.get('type')!r} (GGUF export needs byte-level BPE)", path
         )
+    if _split_patterns(raw.get("pre_tokenizer")) != [QWEN2_SPLIT]:
+        raise UnsupportedError(
+            "the tokenizer's pre-tokenizer is not Qwen2's byte-level split, and llama.cpp's 'qwen2' "
+            "pre-tokenizer would cut text differently",
+            path,
+        )
+    norm = _normalizer(raw.get("normalizer"))
+    if norm not in (None, "NFC"):
+        raise UnsupportedError(f"tokenizer normalizer {norm!r} has no llama.cpp equivalent", path)
     rows = ckpt.spec.vocab_size
     vocab = tok.tok.get_vocab(with_added_tokens=True)
     if vocab and max(vocab.values()) >= rows:
@@ -66,7 +79,30 @@ def build_vocab(ckpt: Checkpoint) -> GGUFVocab:
         special["bos"] = int(ckpt.spec.bos_token_id)
     if "eos" not in special and ckpt.spec.eos_token_id:
         special["eos"] = int(ckpt.spec.eos_token_id[0])
-    return GGUFVocab(tokens, types, merges, special, tok.chat_template, rows - len(by_id))
+    return GGUFVocab(tokens, types, merges, special, tok.chat_template, rows - len(by_id), norm)
+
+
+def _normalizer(n: Any) -> str | None:
+    if not isinstance(n, dict):
+        return None
+    if n.get("type") == "Sequence":
+        kinds = [_normalizer(x) for x in n.get("normalizers", [])]
+        kinds = [k for k in kinds if k]
+        return kinds[0] if len(kinds) == 1 else ("+".join(kinds) or None)
+    return n.get("type")
+
+
+def _split_patterns(pre: Any) -> list[str]:
+    """Regex patterns of the Split steps of a tokenizer.json pre_tokenizer (ByteLevel steps carry none)."""
+    if not isinstance(pre, dict):
+        return []
+    if pre.get("type") == "Sequence":
+        return [p for step in pre.get("pretokenizers", []) for p in _split_patterns(step)]
+    if pre.get("type") == "Split":
+        return [pre.get("pattern", {}).get("Regex", pre.get("pattern", {}).get("String", ""))]
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return ["<gpt2 regex>"]
+    return []
 
 
 def write_vocab(w, v: GGUFVocab) -> None:
@@ -84,3 +120,5 @@ def write_vocab(w, v: GGUFVocab) -> None:
     w.add_add_bos_token(False)  # Qwen2 never prepends a BOS token
     if v.chat_template:
         w.add_chat_template(v.chat_template)
+    if v.normalizer:
+        w.add_string(NORMALIZER_KEY, v.normalizer)

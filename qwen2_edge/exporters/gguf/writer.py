@@ -49,8 +49,13 @@ def store(t: OutTensor, gq: GGUFQuant, float_type: GGMLQuantizationType) -> Stor
             if ggml_type_for(w) is not None:
                 data, qt = pack(w)
                 return Stored(data, shape, qt)
-            # Our codes have no GGUF block layout (row length not a multiple of 32): store their exact values.
-            return Stored(to_float(w), shape, F32, f"row length {shape[-1]} is not a multiple of {BLOCK}")
+            # Our codes have no GGUF block layout: store their exact values.
+            why = (
+                f"block size {w.scheme.block_size} has no GGUF type"
+                if w.scheme.block_size != BLOCK
+                else f"row length {shape[-1]} is not a multiple of {BLOCK}"
+            )
+            return Stored(to_float(w), shape, F32, why)
         return Stored(to_float(w), shape, F32)  # kept float by the precision policy (or a rewrite's zeros)
     if gq.maker == "gguf":
         if shape[-1] % BLOCK:
