@@ -1,12 +1,15 @@
-"""Time one artifact in a fresh child process, so its peak resident memory is its own.
+"""Time artifacts, each in its own fresh child process, so its peak resident memory is its own.
 
-The child opens the artifact through the runtime registry (`open_session(path, threads)`), so any runtime
-with a Session is measured the same way: one prefill `append(prompt)`, then one `append([token])` per
-decoded token, greedy. A warm-up round runs first; then `repeat` timed rounds, each from an empty cache.
-Peak RSS is the child's own `ru_maxrss`; the RSS just before loading (interpreter plus the runtime's
-libraries, imported first) is reported beside it.
+A child opens its artifact through the runtime registry (or a given Session class), so any runtime with a
+Session is measured the same way: one prefill `append(prompt)`, then one `append([token])` per decoded
+token, greedy. After loading and one warm-up round, the child waits for commands on stdin: "round" (one
+timed round from an empty cache), "sweep" (decode speed at the window contexts), "done". The parent loads
+the children of a group one after another, then interleaves their rounds (A, B, A, B, ...), so that
+load from other processes on a shared machine falls on every artifact alike and ratios stay meaningful.
+Peak RSS is the child's own VmHWM; the RSS just before loading (interpreter plus the runtime's libraries,
+imported first) is reported beside it.
 
-    python -m qwen2_edge.bench.measure REQUEST_JSON OUT_JSON   (what the parent runs)
+    python -m qwen2_edge.bench.measure REQUEST_JSON RESULT_FD   (what the parent runs)
 """
 
 from __future__ import annotations
@@ -58,37 +61,111 @@ class RawTiming:
     window_decode_tok_s: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Target:
+    """One artifact to measure: its path, the window contexts to sweep, and optionally a Session class."""
+
+    path: Path
+    sweep: tuple[int, ...] = ()
+    session: str | None = None  # "module:Class" taking (path, threads=); None: the runtime registry's
+
+
+class _Child:
+    """A measuring child process and the pipe it reports on (one JSON object per line)."""
+
+    def __init__(self, target: Target, opts: BenchOptions) -> None:
+        root = str(Path(__file__).resolve().parents[2])  # the tree holding this qwen2_edge package
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        request = {"path": str(target.path), "opts": opts.to_json(), "sweep": list(target.sweep),
+                   "session": target.session}  # fmt: skip
+        self.target = target
+        self.timeout = opts.timeout_s
+        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the child
+        r, w = os.pipe()
+        cmd = [sys.executable, "-m", "qwen2_edge.bench.measure", json.dumps(request), str(w)]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.PIPE, stdout=self.err, stderr=self.err, pass_fds=(w,), text=True
+        )
+        os.close(w)
+        self.results = os.fdopen(r, "r")
+
+    def read(self) -> dict[str, Any]:
+        import select
+
+        ready, _, _ = select.select([self.results], [], [], self.timeout)
+        line = self.results.readline() if ready else ""
+        if not line:
+            self.kill()
+            self.err.seek(0)
+            lines = [ln for ln in self.err.read().strip().splitlines() if ln.strip()]
+            why = (
+                lines[-1] if lines else (f"no answer within {self.timeout:.0f} s" if not ready else "exited")
+            )
+            raise UserError(f"benchmark child failed: {why}", self.target.path)
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict[str, Any]:
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # read() reports why the child is gone
+        return self.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        self.results.close()
+        self.err.close()
+
+
+def measure_group(targets: list[Target], opts: BenchOptions) -> list[RawTiming]:
+    """Measure several artifacts with interleaved rounds; each in its own process (loaded one by one)."""
+    children: list[_Child] = []
+    try:
+        ready = []
+        for t in targets:  # load sequentially, so load times do not compete
+            children.append(_Child(t, opts))
+            ready.append(children[-1].read())
+        rounds: list[list[dict]] = [[] for _ in children]
+        for _ in range(opts.repeat):
+            for i, c in enumerate(children):
+                rounds[i].append(c.ask("round"))
+        sweeps = [c.ask("sweep")["sweep"] if c.target.sweep else {} for c in children]
+        finals = [c.ask("done") for c in children]
+    finally:
+        for c in children:
+            c.close()
+    return [
+        RawTiming(
+            runtime=r["runtime"],
+            format=r["format"],
+            quant=r["quant"],
+            load_s=r["load_s"],
+            prefill_s=[x["prefill_s"] for x in rs],
+            ttft_s=[x["ttft_s"] for x in rs],
+            decode_s=[x["decode_s"] for x in rs],
+            peak_rss_mb=f["peak_rss_mb"],
+            baseline_rss_mb=r["baseline_rss_mb"],
+            kv_bytes_per_element=f["kv_bytes_per_element"],
+            window_decode_tok_s=sw,
+        )
+        for r, rs, sw, f in zip(ready, rounds, sweeps, finals, strict=True)
+    ]
+
+
 def measure_in_subprocess(
     path: str | Path,
     opts: BenchOptions,
     sweep_contexts: list[int] | None = None,
     session_target: str | None = None,
 ) -> RawTiming:
-    """Run the measurement of `path` in a fresh interpreter and return its timings.
-
-    session_target ("module:Class", a Session taking (path, threads=)) measures the artifact in another
-    runtime than the registry's, e.g. onnxruntime-genai over an ONNX folder in benchmarks/.
-    """
-    root = str(Path(__file__).resolve().parents[2])  # the tree holding this qwen2_edge package
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    request = {
-        "path": str(path),
-        "opts": opts.to_json(),
-        "sweep": sweep_contexts or [],
-        "session": session_target,
-    }
-    with tempfile.TemporaryDirectory(prefix="qwen2-edge-bench-") as tmp:
-        out = Path(tmp) / "timing.json"
-        cmd = [sys.executable, "-m", "qwen2_edge.bench.measure", json.dumps(request), str(out)]
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=opts.timeout_s)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"benchmark did not finish within {opts.timeout_s:.0f} s", path) from None
-        if proc.returncode != 0 or not out.is_file():
-            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-            last = lines[-1] if lines else f"exit status {proc.returncode}"
-            raise UserError(f"benchmark child failed: {last}", path)
-        return RawTiming(**json.loads(out.read_text()))
+    """One artifact in a fresh interpreter (a group of one)."""
+    return measure_group([Target(Path(path), tuple(sweep_contexts or ()), session_target)], opts)[0]
 
 
 # -- the child ----------------------------------------------------------------------------------------
@@ -156,12 +233,18 @@ def _sweep(session, prompt: list[int], contexts: list[int], gen: int) -> dict[st
     return out
 
 
-def child_main(request: dict[str, Any], out: Path) -> None:
+def child_main(request: dict[str, Any], result_fd: int) -> None:
     import importlib
     import inspect
 
     from ..model.builtin import resolve_model_path
     from ..runtimes.registry import detect_format
+
+    report = os.fdopen(result_fd, "w")
+
+    def send(obj: dict[str, Any]) -> None:
+        report.write(json.dumps(obj) + "\n")
+        report.flush()
 
     opts = BenchOptions(**request["opts"])
     path = resolve_model_path(request["path"])
@@ -184,29 +267,20 @@ def child_main(request: dict[str, Any], out: Path) -> None:
     load_s = time.perf_counter() - t0
     prompt = _prompt(session, opts.prompt_tokens)
     _round(session, prompt, min(opts.warmup_tokens, opts.gen_tokens))
-    prefill, ttft, decode = [], [], []
-    for _ in range(opts.repeat):
-        p, f, d = _round(session, prompt, opts.gen_tokens)
-        prefill.append(p)
-        ttft.append(f)
-        decode.append(d)
-    sweep = _sweep(session, prompt, request.get("sweep") or [], opts.window_gen_tokens)
-    kv = getattr(session, "kv_bytes_per_element", None)
-    timing = RawTiming(
-        runtime=session.runtime,
-        format=session.format,
-        quant=getattr(session, "quant", "") or "",
-        load_s=load_s,
-        prefill_s=prefill,
-        ttft_s=ttft,
-        decode_s=decode,
-        peak_rss_mb=_peak_rss_mb(),
-        baseline_rss_mb=baseline,
-        kv_bytes_per_element=float(kv) if kv else None,
-        window_decode_tok_s=sweep,
-    )
-    session.close()
-    out.write_text(json.dumps(asdict(timing)))
+    send({"runtime": session.runtime, "format": session.format, "quant": getattr(session, "quant", "") or "",
+          "load_s": load_s, "baseline_rss_mb": baseline})  # fmt: skip
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "round":
+            p, f, d = _round(session, prompt, opts.gen_tokens)
+            send({"prefill_s": p, "ttft_s": f, "decode_s": d})
+        elif command == "sweep":
+            send({"sweep": _sweep(session, prompt, request.get("sweep") or [], opts.window_gen_tokens)})
+        elif command == "done":
+            kv = getattr(session, "kv_bytes_per_element", None)
+            session.close()
+            send({"peak_rss_mb": _peak_rss_mb(), "kv_bytes_per_element": float(kv) if kv else None})
+            return
 
 
 def _exit_with_parent() -> None:
@@ -227,7 +301,7 @@ def _exit_with_parent() -> None:
 if __name__ == "__main__":
     _exit_with_parent()
     try:
-        child_main(json.loads(sys.argv[1]), Path(sys.argv[2]))
+        child_main(json.loads(sys.argv[1]), int(sys.argv[2]))
     except UserError as e:
         print(str(e), file=sys.stderr)
         sys.exit(2)

@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="decode speed at context w, 4w, 8w (default: on for sliding-window models)",
     )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure artifacts one after another instead of loading all and interleaving their rounds",
+    )
     p.add_argument("--json", metavar="OUT", help="write machine + per-artifact results as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart of prefill/decode tokens/s")
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--plot outputs")
@@ -72,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
     )
     names = [lab or p for lab, p in zip(labels, paths, strict=True)]
     results = bench_artifacts(
-        paths, opts, labels=names, bandwidth=bw, progress=lambda m: print(m, file=sys.stderr)
+        paths,
+        opts,
+        labels=names,
+        bandwidth=bw,
+        progress=lambda m: print(m, file=sys.stderr),
+        interleave=not args.sequential,
     )
     print(format_table(results))
     if args.json:
