@@ -162,14 +162,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # Round-robin over the engines, best of `repeats` each: load from other processes on a shared
     # machine then hits every engine alike instead of whichever happened to run during a busy minute.
-    results: dict[str, list[tuple[float, float]]] = {engine: [] for _, engine, _, _ in runners}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {(m, e): [] for m, e, _, _ in runners}
     for r in range(args.repeats):
         for model, engine, run, _ in runners:
-            results[engine].append(run())
-            print(f"  round {r + 1}: {model} {engine}: {results[engine][-1]}", flush=True)
+            results[model, engine].append(run())
+            print(f"  round {r + 1}: {model} {engine}: {results[model, engine][-1]}", flush=True)
     rows = [
-        (model, engine, max(p for p, _ in results[engine]), max(d for _, d in results[engine]), nbytes)
-        for model, engine, _, nbytes in runners
+        (
+            model,
+            engine,
+            max(p for p, _ in results[model, engine]),
+            max(d for _, d in results[model, engine]),
+            n,
+        )
+        for model, engine, _, n in runners
     ]
 
     base = {m: next(r[3] for r in rows if r[0] == m) for m in {r[0] for r in rows}}
