@@ -11,6 +11,13 @@ import sys
 COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "export": "export",
+    "check": "check",
+    "run": "run",
+    "distill": "distill",
+    "bench": "bench",
+    "pipeline": "pipeline",
+    "demo": "demo",
+    "quant-scan": "quant_scan",
 }
 
 

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..model.checkpoint import Checkpoint
 from .policy import POLICIES, QuantPolicy
 from .scheme import QuantScheme
-from .tensor import QuantizedTensor, quantize_rtn
+from .tensor import QuantizedTensor
 
 
 @dataclass
@@ -70,16 +69,11 @@ def quantize_model(
     method: str = "rtn",
     **method_kwargs: Any,
 ) -> QuantizedModel:
-    """Quantize every matrix the policy selects. Methods other than RTN live in quant/methods."""
-    pol = POLICIES[policy] if isinstance(policy, str) else policy
-    if method != "rtn":
-        from .methods import METHODS
+    """Quantize every matrix the policy selects with `method` (a row of quant.methods.METHODS)."""
+    from ..errors import UserError
+    from .methods import METHODS
 
-        return METHODS[method](ckpt, base, pol, **method_kwargs)
-    tensors: dict[str, QuantizedTensor] = {}
-    for name in ckpt.canonical_names():
-        w = ckpt.canonical(name)
-        scheme = pol.scheme_for(name, w.ndim, base)
-        if scheme is not None:
-            tensors[name] = quantize_rtn(name, np.asarray(w.numpy()), scheme)
-    return QuantizedModel(ckpt, base, pol, "rtn", tensors)
+    pol = POLICIES[policy] if isinstance(policy, str) else policy
+    if method not in METHODS:
+        raise UserError(f"unknown quantization method {method!r} (choose from {', '.join(METHODS)})")
+    return METHODS[method](ckpt, base, pol, **method_kwargs)

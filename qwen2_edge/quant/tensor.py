@@ -56,6 +56,14 @@ def check_finite(name: str, w: np.ndarray) -> None:
         raise UserError(f"tensor {name!r} has {bad} NaN/Inf value(s); refusing to quantize it")
 
 
+def check_scales(name: str, w: np.ndarray, scales: np.ndarray) -> None:
+    """Block scales are float16 in every target format; a weight so large its scale overflows is refused."""
+    if not np.isfinite(scales.astype(np.float32)).all():
+        raise UserError(
+            f"tensor {name!r} has a value too large for float16 block scales (max |w| = {np.abs(w).max():.3g})"
+        )
+
+
 def pad_blocks(w: np.ndarray, block: int) -> np.ndarray:
     k = w.shape[-1]
     pad = (-k) % block
@@ -69,10 +77,11 @@ def round_scale_for_zero_point(scale: np.ndarray) -> np.ndarray:
 
     This makes (code - zero) * scale == code * scale + min with min = -zero * scale stored as float16,
     i.e. an asymmetric int4 block is bit-identical in MatMulNBits and in GGUF Q4_1 (relative scale
-    change <= 2**-8, small against the 4-bit step of 1/15)."""
+    change <= 2**-7, small against the 4-bit step of 1/15). The mantissa is rounded UP so the block's
+    [min, max] range stays covered (rounding down would clip the block maximum, by ~2 steps at 8 bits)."""
     s = scale.astype(np.float32)
     m, e = np.frexp(s)
-    m = np.round(m * 128) / 128
+    m = np.ceil(m * 128) / 128
     return np.ldexp(m, e).astype(np.float16)
 
 
@@ -117,4 +126,5 @@ def quantize_rtn(name: str, w: np.ndarray, scheme: QuantScheme) -> QuantizedTens
     wp = pad_blocks(w, b)
     blocks = wp.reshape(*wp.shape[:-1], wp.shape[-1] // b, b)
     codes, scales, zeros = quantize_blocks(blocks, scheme)
+    check_scales(name, w, scales)
     return QuantizedTensor(name, tuple(w.shape), scheme, codes.reshape(wp.shape), scales, zeros)

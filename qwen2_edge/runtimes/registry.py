@@ -32,9 +32,20 @@ def _is_onnx(p: Path) -> bool:
     return p.is_dir() and (p / "model.onnx").is_file()
 
 
+def _is_gguf(p: Path) -> bool:
+    """A .gguf file, or any file starting with the GGUF magic (the session validates it fully)."""
+    if not p.is_file():
+        return False
+    if p.suffix.lower() == ".gguf":
+        return True
+    with p.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 RUNTIMES: list[RuntimeEntry] = [
     RuntimeEntry("hf", "transformers", _is_hf, "qwen2_edge.runtimes.reference:ReferenceSession"),
     RuntimeEntry("onnx", "onnxruntime", _is_onnx, "qwen2_edge.runtimes.onnxruntime:OnnxSession"),
+    RuntimeEntry("gguf", "llama.cpp", _is_gguf, "qwen2_edge.runtimes.llamacpp:LlamaCppSession"),
 ]
 
 

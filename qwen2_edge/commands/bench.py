@@ -1,0 +1,82 @@
+"""qwen2-edge bench ARTIFACT... : speed, memory and roofline of artifacts in their runtimes, side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "benchmark artifacts (ONNX folder, GGUF file, HF checkpoint) in their runtimes against the memory roofline"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "artifacts", nargs="+", metavar="ARTIFACT", help="ONNX folder, .gguf file or HF checkpoint dir"
+    )
+    p.add_argument(
+        "--reference", metavar="MODEL_DIR", help="also measure this checkpoint in transformers (fp32)"
+    )
+    p.add_argument("--prompt-tokens", type=_positive, default=128, help="prefill length (default 128)")
+    p.add_argument("--gen-tokens", type=_positive, default=64, help="decoded tokens per round (default 64)")
+    p.add_argument(
+        "--threads", type=_positive, default=2, help="threads for runtimes and bandwidth (default 2)"
+    )
+    p.add_argument("--repeat", type=_positive, default=3, help="timed rounds after one warm-up (default 3)")
+    p.add_argument(
+        "--window-sweep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode speed at context w, 4w, 8w (default: on for sliding-window models)",
+    )
+    p.add_argument("--json", metavar="OUT", help="write machine + per-artifact results as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write a bar chart of prefill/decode tokens/s")
+    p.add_argument("--force", action="store_true", help="overwrite existing --json/--plot outputs")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..bench.bandwidth import measure_bandwidth
+    from ..bench.measure import BenchOptions
+    from ..bench.report import format_table, plot, results_json, write_json
+    from ..bench.run import bench_artifacts
+    from ..fsutil import check_output
+    from ..runtimes.registry import detect_format
+
+    paths = list(args.artifacts) + ([args.reference] if args.reference else [])
+    labels = [""] * len(args.artifacts) + (["reference"] if args.reference else [])
+    for p in paths:  # every bad path is reported before anything is measured
+        detect_format(p)
+    for out in (args.json, args.plot):
+        if out:
+            check_output(out, args.force)
+    opts = BenchOptions(
+        prompt_tokens=args.prompt_tokens,
+        gen_tokens=args.gen_tokens,
+        threads=args.threads,
+        repeat=args.repeat,
+        window_sweep=args.window_sweep,
+    )
+    bw = measure_bandwidth(opts.threads)
+    print(
+        f"memory read bandwidth: {bw.gb_s:.1f} GB/s (best of {bw.passes}, {bw.threads} threads)",
+        file=sys.stderr,
+    )
+    names = [lab or p for lab, p in zip(labels, paths, strict=True)]
+    results = bench_artifacts(
+        paths, opts, labels=names, bandwidth=bw, progress=lambda m: print(m, file=sys.stderr)
+    )
+    print(format_table(results))
+    if args.json:
+        write_json(results_json(results, bw, {"options": opts.to_json()}), args.json, force=True)
+    if args.plot:
+        plot(results, args.plot, force=True)
+    return 0

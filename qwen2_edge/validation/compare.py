@@ -1,0 +1,369 @@
+"""Run the float reference and each artifact on the same token chunks; collect per-artifact statistics.
+
+`check_artifacts(model, artifacts, opts)` is the library call behind `qwen2-edge check` (and the
+pipeline's validation step). It is runtime-agnostic: artifacts are opened through the runtime registry
+and only the `Session` protocol is used on them. The reference is transformers in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..runtimes.base import Session
+from .expert_load import ExpertLoad
+from .gates import DEFAULT_LIMITS, GATES, evaluate
+from .summary import perplexity, summarize
+from .token_stats import TokenStats, compare_logits, log_softmax64
+
+DEFAULT_CTX = 512
+DEFAULT_CHUNKS = 8
+
+
+@dataclass
+class CheckOptions:
+    text: str | None = None  # None: the built-in held-out corpus
+    text_source: str = "builtin:heldout"
+    ctx: int | None = None  # None: default_ctx(spec)
+    chunks: int = DEFAULT_CHUNKS
+    limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    greedy_prompts: int = 4
+    greedy_prompt_tokens: int = 16
+    greedy_new_tokens: int = 32
+    threads: int | None = None
+    progress: bool | None = True  # None: only when stderr is a terminal
+
+
+@dataclass
+class ArtifactResult:
+    path: str
+    format: str
+    runtime: str
+    quant: str
+    summary: dict[str, Any]
+    gates: dict[str, bool]
+    greedy_first_diff: list[int | None]  # per prompt: first differing generated position, None = identical
+    tokenizer_match: bool
+    vocab_rows: int
+    seconds: float
+    kld_by_position: np.ndarray  # mean KLD at each position of a chunk (averaged over chunks)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.gates.values())
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, ok in self.gates.items() if not ok]
+
+    @property
+    def greedy_match(self) -> float:
+        d = self.greedy_first_diff
+        return sum(x is None for x in d) / len(d) if d else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean(
+            {
+                "path": self.path,
+                "format": self.format,
+                "runtime": self.runtime,
+                "quant": self.quant,
+                **self.summary,
+                "greedy_match": self.greedy_match,
+                "greedy_first_diff": self.greedy_first_diff,
+                "tokenizer_match": self.tokenizer_match,
+                "vocab_rows": self.vocab_rows,
+                "seconds": round(self.seconds, 3),
+                "gates": self.gates,
+                "failed": self.failed,
+                "passed": self.passed,
+            }
+        )
+
+
+@dataclass
+class CheckResult:
+    model: str
+    text_source: str
+    text_tokens: int
+    ctx: int
+    chunks: int
+    score_from: int  # first scored position of each chunk (llama.cpp: ctx // 2)
+    limits: dict[str, float]
+    reference: dict[str, Any]
+    artifacts: list[ArtifactResult]
+    expert_load: ExpertLoad | None
+    windows: tuple[int | None, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean(
+            {
+                "model": self.model,
+                "text": {"source": self.text_source, "tokens": self.text_tokens},
+                "ctx": self.ctx,
+                "chunks": self.chunks,
+                "score_from": self.score_from,
+                "sliding_windows": sorted({w for w in self.windows if w is not None}),
+                "limits": self.limits,
+                "passed": self.passed,
+                "reference": self.reference,
+                "artifacts": [a.to_json() for a in self.artifacts],
+                "expert_load": self.expert_load.to_json() if self.expert_load else None,
+                "notes": self.notes,
+            }
+        )
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, floats rounded to 8 significant digits."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return None if not math.isfinite(x) else float(f"{x:.8g}")
+    return x
+
+
+def default_ctx(spec) -> int:
+    """512 tokens, or twice the largest sliding window so every scored token is past the window."""
+    ctx = DEFAULT_CTX
+    if spec.has_sliding:
+        ctx = max(ctx, 2 * spec.max_window)
+    return min(ctx, spec.max_position_embeddings)
+
+
+def token_chunks(ids: list[int], ctx: int, n: int) -> list[list[int]]:
+    """The first n non-overlapping chunks of ctx tokens (fewer if the text is short)."""
+    return [ids[i * ctx : (i + 1) * ctx] for i in range(min(n, len(ids) // ctx))]
+
+
+def greedy_prompts(ids: list[int], n: int, length: int) -> list[list[int]]:
+    """n prompts of `length` tokens spread evenly over the text."""
+    if len(ids) < length or n <= 0:
+        return []
+    starts = np.linspace(0, len(ids) - length, n, dtype=np.int64)
+    return [ids[s : s + length] for s in starts]
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def decode_consistency(session: Session, chunk: list[int], n_decode: int) -> tuple[float, float]:
+    """The artifact's KV-cache decode path against its own prefill on the last n_decode tokens of a chunk.
+
+    Independent of quantization (both paths use the same weights), so any difference beyond kernel
+    rounding is a cache bug: wrong positions, a sliding window applied differently while decoding, a
+    stale cache. Returns (max KL divergence, max |dlogit|) between the two paths.
+    """
+    prefill = session.logits(chunk)[-n_decode:]
+    session.reset()
+    session.append(chunk[:-n_decode])
+    steps = np.concatenate([session.append([t]) for t in chunk[-n_decode:]])
+    session.reset()
+    st = compare_logits(prefill, steps, np.zeros(n_decode, dtype=np.int64))
+    return float(st.kld.max()), float(st.max_dlogit.max())
+
+
+@contextlib.contextmanager
+def _runtime_errors(session: Session) -> Iterator[None]:
+    """A runtime refusing the work (e.g. a chunk longer than its context) is bad input, not a crash."""
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(
+            f"{session.runtime} cannot run this check ({e}); try a smaller --ctx", session.path
+        ) from None
+
+
+def _reference_forward(ref, ids: list[int], want_router: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Reference logits for a chunk, plus the router logits of its MoE layers (one forward pass)."""
+    if not want_router:
+        return ref.logits(ids), []
+    import torch
+
+    with torch.inference_mode():
+        out = ref.model(input_ids=torch.tensor([ids]), use_cache=False, output_router_logits=True)
+    routers = [r.reshape(-1, r.shape[-1]).float().numpy() for r in out.router_logits]
+    return out.logits[0].float().numpy(), routers
+
+
+def _open(item: str | Path | Session, threads: int | None) -> Session:
+    if isinstance(item, Session):
+        return item
+    from ..runtimes.registry import open_session
+
+    return open_session(item, threads=threads)
+
+
+def check_artifacts(
+    model: str | Path | Session,
+    artifacts: list[str | Path | Session],
+    opts: CheckOptions | None = None,
+) -> CheckResult:
+    """Compare every artifact with the float reference of `model` on the same held-out token chunks."""
+    from ..runtimes.reference import ReferenceSession
+
+    opts = opts or CheckOptions()
+    if not artifacts:
+        raise UserError("no artifacts to check")
+    unknown = set(opts.limits) - {g.name for g in GATES}
+    if unknown:
+        raise UserError(f"unknown gate(s) {', '.join(sorted(unknown))}")
+    # Open everything first so a bad path fails before minutes of computation.
+    ref = model if isinstance(model, Session) else ReferenceSession(model, threads=opts.threads)
+    if not isinstance(ref, ReferenceSession):
+        raise UserError("the reference must be a Hugging Face checkpoint (transformers, float32)", ref.path)
+    sessions = [_open(a, opts.threads) for a in artifacts]
+    try:
+        return _run(ref, sessions, opts)
+    finally:
+        for a, s in zip(artifacts, sessions, strict=True):
+            if not isinstance(a, Session):
+                s.close()
+
+
+def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
+    spec = ref.spec
+    notes: list[str] = []
+
+    ctx = opts.ctx or default_ctx(spec)
+    if ctx < 4:
+        raise UserError(f"--ctx {ctx} is too small (at least 4 tokens)")
+    if ctx > spec.max_position_embeddings:
+        raise UserError(
+            f"--ctx {ctx} exceeds the model's max_position_embeddings {spec.max_position_embeddings}"
+        )
+    if spec.has_sliding and ctx <= spec.max_window:
+        notes.append(f"ctx {ctx} <= sliding window {spec.max_window}: windowed attention is not exercised")
+    if opts.text is None:
+        from ..data.corpus import heldout_text
+
+        text = heldout_text()
+    else:
+        text = opts.text
+    ids = ref.encode(text)
+    chunks = token_chunks(ids, ctx, opts.chunks)
+    if not chunks:
+        raise UserError(
+            f"the text has {len(ids)} tokens, fewer than one chunk of --ctx {ctx}", opts.text_source
+        )
+    if len(chunks) < opts.chunks:
+        notes.append(f"text holds only {len(chunks)} chunk(s) of {ctx} tokens ({opts.chunks} requested)")
+    score_from = ctx // 2  # llama.cpp: every scored token has at least ctx/2 tokens of context
+
+    sample = text[:4000]
+    ref_sample = ref.encode(sample)
+    tok_match = [s.encode(sample) == ref_sample for s in sessions]
+
+    expert_load = ExpertLoad.for_spec(spec)
+    per_chunk: list[list[TokenStats]] = [[] for _ in sessions]
+    ref_nll: list[np.ndarray] = []
+    widths = [0] * len(sessions)
+    seconds = [0.0] * len(sessions)
+
+    from tqdm import tqdm
+
+    for chunk in tqdm(
+        chunks,
+        desc="check",
+        unit="chunk",
+        disable=None if opts.progress is None else not opts.progress,
+        leave=False,
+    ):
+        ref_logits, routers = _reference_forward(ref, chunk, expert_load is not None)
+        if expert_load is not None:
+            expert_load.add(routers)
+        targets = np.asarray(chunk[1:])
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            with _runtime_errors(s):
+                cand = s.logits(chunk)
+            seconds[i] += time.perf_counter() - t0
+            widths[i] = cand.shape[1]
+            per_chunk[i].append(compare_logits(ref_logits[:-1], cand[:-1], targets))
+        lp = log_softmax64(ref_logits[score_from:-1])
+        ref_nll.append(-lp[np.arange(len(lp)), targets[score_from:]])
+
+    ref_ppl, ref_ppl_err = perplexity(np.concatenate(ref_nll))
+    reference = {
+        "path": str(ref.path),
+        "format": ref.format,
+        "runtime": ref.runtime,
+        "ppl": ref_ppl,
+        "ppl_err": ref_ppl_err,
+        "tokens": int(sum(len(c) - 1 - score_from for c in chunks)),
+    }
+
+    prompts = greedy_prompts(ids, opts.greedy_prompts, opts.greedy_prompt_tokens)
+    ref_gen = [ref.greedy(p, opts.greedy_new_tokens) for p in prompts]
+
+    results = []
+    for i, s in enumerate(sessions):
+        stats = TokenStats.concat([c.select(slice(score_from, None)) for c in per_chunk[i]])
+        summary = summarize(stats)
+        t0 = time.perf_counter()
+        with _runtime_errors(s):
+            diffs = [
+                first_difference(g, s.greedy(p, opts.greedy_new_tokens))
+                for p, g in zip(prompts, ref_gen, strict=True)
+            ]
+            dec_kld, dec_dlogit = decode_consistency(s, chunks[0], min(16, ctx - score_from))
+        summary["decode_kld_max"], summary["decode_max_dlogit"] = dec_kld, dec_dlogit
+        seconds[i] += time.perf_counter() - t0
+        if widths[i] != ref_logits.shape[1]:
+            notes.append(
+                f"{s.path}: {widths[i]} logit rows vs the reference's {ref_logits.shape[1]}; "
+                f"compared over the first {min(widths[i], ref_logits.shape[1])}"
+            )
+        results.append(
+            ArtifactResult(
+                path=str(s.path),
+                format=s.format,
+                runtime=s.runtime,
+                quant=getattr(s, "quant", "f32"),
+                summary=summary,
+                gates=evaluate(summary, opts.limits),
+                greedy_first_diff=diffs,
+                tokenizer_match=tok_match[i],
+                vocab_rows=widths[i],
+                seconds=seconds[i],
+                kld_by_position=np.mean([c.kld for c in per_chunk[i]], axis=0),
+            )
+        )
+    return CheckResult(
+        model=str(ref.path),
+        text_source=opts.text_source,
+        text_tokens=len(ids),
+        ctx=ctx,
+        chunks=len(chunks),
+        score_from=score_from,
+        limits={g.name: opts.limits.get(g.name, g.default) for g in GATES},
+        reference=reference,
+        artifacts=results,
+        expert_load=expert_load,
+        windows=spec.windows,
+        notes=notes,
+    )
