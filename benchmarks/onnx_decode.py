@@ -101,6 +101,41 @@ def time_session(session, prompt: list[int], new: int) -> Callable[[], tuple[flo
     return run
 
 
+def interleaved_steps(
+    folders: dict[str, Path], kv: tuple[int, int], threads: int, prompt: int, steps: int
+) -> None:
+    """The graphs alone in plain onnxruntime, alternating engines at every step (decode with a `prompt`-long
+    past, then whole-prompt prefills): on a loaded machine this is the fairest ratio of the lot."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sessions = {k: ort.InferenceSession(str(f / "model.onnx"), opts) for k, f in folders.items()}
+    rng = np.random.default_rng(0)
+    print(f"\ninterleaved steps, plain onnxruntime, {threads} threads (median tokens/s)")
+    for label, past, new, rounds in (
+        ("decode", prompt, 1, steps),
+        ("prefill", 0, prompt, max(4, steps // 8)),
+    ):
+        feeds = {}
+        for k, sess in sessions.items():
+            f = {i.name: rng.random((1, kv[0], past, kv[1]), dtype=np.float32)
+                 for i in sess.get_inputs() if i.name.startswith("past_key_values.")}  # fmt: skip
+            f["input_ids"] = np.full((1, new), 5, np.int64)
+            f["attention_mask"] = np.ones((1, past + new), np.int64)
+            feeds[k] = f
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(rounds + 2):
+            for k, sess in sessions.items():
+                t0 = time.perf_counter()
+                sess.run(["logits"], feeds[k])
+                times[k].append(time.perf_counter() - t0)
+        base = new / np.median(times[next(iter(sessions))][2:])
+        for k, t in times.items():
+            rate = new / np.median(t[2:])
+            print(f"  {label:8} {k:42} {rate:8.2f} tok/s {rate / base:6.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt-dir", type=Path, default=Path("/work/bench-ckpt"))
@@ -110,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-moe", action="store_true")
+    ap.add_argument("--steps", type=int, default=60, help="decode steps per engine in the interleaved A/B")
     ap.add_argument(
         "--skip-variants", action="store_true", help="only our int4-lm_head export vs the builder"
     )
@@ -117,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from benchmarks.checkpoints import bench_checkpoint
+    from qwen2_edge.model.spec import read_spec
     from qwen2_edge.runtimes.onnxruntime import OnnxSession
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -160,16 +197,25 @@ def main(argv: list[str] | None = None) -> int:
         run = time_session(ReferenceSession(moe, threads=args.threads), prompt, args.new)
         runners.append(("moe", "transformers eager f32", run, 0))
 
+    spec = read_spec(dense / "config.json")
+    interleaved_steps(folders, (spec.num_kv_heads, spec.head_dim), args.threads, args.prompt, args.steps)
+
     # Round-robin over the engines, best of `repeats` each: load from other processes on a shared
     # machine then hits every engine alike instead of whichever happened to run during a busy minute.
-    results: dict[str, list[tuple[float, float]]] = {engine: [] for _, engine, _, _ in runners}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {(m, e): [] for m, e, _, _ in runners}
     for r in range(args.repeats):
         for model, engine, run, _ in runners:
-            results[engine].append(run())
-            print(f"  round {r + 1}: {model} {engine}: {results[engine][-1]}", flush=True)
+            results[model, engine].append(run())
+            print(f"  round {r + 1}: {model} {engine}: {results[model, engine][-1]}", flush=True)
     rows = [
-        (model, engine, max(p for p, _ in results[engine]), max(d for _, d in results[engine]), nbytes)
-        for model, engine, _, nbytes in runners
+        (
+            model,
+            engine,
+            max(p for p, _ in results[model, engine]),
+            max(d for _, d in results[model, engine]),
+            n,
+        )
+        for model, engine, _, n in runners
     ]
 
     base = {m: next(r[3] for r in rows if r[0] == m) for m in {r[0] for r in rows}}
