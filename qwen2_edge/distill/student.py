@@ -98,6 +98,7 @@ DEFAULT_STUDENT = StudentSpec(
     moe_layers=(0,),
     num_experts=4,
     top_k=2,
+    expert_intermediate=160,  # a multiple of 32: int4/int8 blocks tile every expert matrix exactly
     norm_topk_prob=True,
     shared_gate="constant",
     window=64,

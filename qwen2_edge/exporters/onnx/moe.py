@@ -18,7 +18,7 @@ from ...model.spec import MoEFFN
 from .ffn import swiglu_mlp
 from .graph import MS_DOMAIN, Graph
 from .linear import init_name, linear
-from .pack import interleave_quantized, interleave_rows, pack_nbits
+from .pack import interleave_quantized, interleave_rows, pack_nbits, pad_output_rows
 from .weights import Weights
 
 
@@ -59,12 +59,14 @@ def _experts(g: Graph, w: Weights, node: str, x: str, router: str, prefix: str, 
             f"{prefix}*: the routed experts of one layer must share one quantization (QMoE holds one)"
         )
     scheme = qs[0].scheme
-    for dim, what in (
-        (w.spec.hidden_size, "hidden_size"),
-        (ffn.expert_intermediate, "moe_intermediate_size"),
-    ):
-        if dim % scheme.block_size:
-            raise UnsupportedError(f"QMoE needs {what} {dim} divisible by the block size {scheme.block_size}")
+    if w.spec.hidden_size % scheme.block_size:
+        raise UnsupportedError(
+            f"QMoE needs hidden_size {w.spec.hidden_size} divisible by the block size {scheme.block_size}"
+        )
+    # An expert width that is not a whole number of blocks is zero-padded (exact): the extra gate/up rows
+    # are 0, so silu(0) * 0 = 0 meets down_proj's padded (zero-code) columns.
+    width = -(-ffn.expert_intermediate // scheme.block_size) * scheme.block_size
+    qs = [pad_output_rows(qs[0], width), pad_output_rows(qs[1], width), qs[2]]
     fc1 = pack_nbits(interleave_quantized(qs[0], qs[1]))
     fc2 = pack_nbits(qs[2])
     inputs = [

@@ -85,3 +85,24 @@ def interleave_quantized(gate: QuantizedTensor, up: QuantizedTensor) -> Quantize
         interleave_rows(gate.scales, up.scales),
         interleave_rows(gate.zeros, up.zeros),
     )
+
+
+def pad_output_rows(q: QuantizedTensor, rows: int) -> QuantizedTensor:
+    """Append all-zero output rows (code = zero point, scale 0: they dequantize to exactly 0)."""
+    extra = rows - q.shape[-2]
+    if extra <= 0:
+        return q
+
+    def pad(a: np.ndarray, fill) -> np.ndarray:
+        width = [(0, 0)] * a.ndim
+        width[-2] = (0, extra)
+        return np.pad(a, width, constant_values=fill)
+
+    return QuantizedTensor(
+        q.name,
+        (*q.shape[:-2], rows, q.k),
+        q.scheme,
+        pad(q.codes, q.scheme.mid),
+        pad(q.scales, 0),
+        pad(q.zeros, q.scheme.mid),
+    )
