@@ -106,6 +106,7 @@ def export_model(
     pol = make_policy(policy, overrides)
     check_output(out, force)  # fail before any expensive work
     ckpt = open_checkpoint(model, need_tokenizer=True)
+    target.check(ckpt, quant)
     qmodel = None
     if scheme is not None:
         qmodel = quantize_for_export(ckpt, scheme, method, pol, calib, calib_tokens)

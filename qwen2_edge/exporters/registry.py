@@ -46,6 +46,12 @@ class ExportFormat:
     target: str  # "module:function(source, out, quant, qmodel=None, force=False, **options) -> ExportResult"
     fixed_block_size: int | None = None  # GGUF blocks are 32 wide
     asym: dict[str, str] = field(default_factory=dict)  # quant -> its asymmetric sibling
+    precheck: str | None = None  # "module:function(ckpt, quant)": refuse early, before quantizing
+
+    def check(self, ckpt, quant: str) -> None:
+        if self.precheck:
+            module, fn = self.precheck.split(":")
+            getattr(importlib.import_module(module), fn)(ckpt, quant)
 
     def exporter(self):
         module, fn = self.target.split(":")
@@ -96,6 +102,7 @@ FORMATS: dict[str, ExportFormat] = {
             },  # fmt: skip
             "qwen2_edge.exporters.gguf:export_gguf",
             fixed_block_size=32,
+            precheck="qwen2_edge.exporters.gguf:check_gguf",
         ),
     )
 }

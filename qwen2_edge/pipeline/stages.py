@@ -35,10 +35,16 @@ def quantize_and_export(
     from ..model.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(student, need_tokenizer=True)
+    results: dict[str, dict[str, Any]] = {}
+    for fmt, fq in list(targets):
+        try:
+            FORMATS[fmt].check(ckpt, fq)
+        except UnsupportedError as e:  # refused before spending time on quantization
+            results[fmt] = {"refused": e.problem}
+            targets = [t for t in targets if t[0] != fmt]
     schemes = {fmt: FORMATS[fmt].scheme(fq) for fmt, fq in targets}
     scheme = next((s for s in schemes.values() if s is not None), None)
     qmodel = quantize_for_export(ckpt, scheme, cfg.method, make_policy(cfg.policy)) if scheme else None
-    results = {}
     for fmt, fq in targets:
         qm = qmodel if schemes[fmt] else None
         try:

@@ -22,7 +22,12 @@ from .quants import QUANTS
 from .tokenizer import build_vocab
 from .writer import write_gguf
 
-__all__ = ["QUANTS", "export_gguf"]
+__all__ = ["QUANTS", "check_gguf", "export_gguf"]
+
+
+def check_gguf(ckpt: Checkpoint, quant: str) -> None:
+    """Refuse, before any quantization work, a model no llama.cpp architecture computes exactly."""
+    choose_encoding(ckpt.spec, str(ckpt.path), weights=lambda n: ckpt.canonical(n).numpy())
 
 
 def export_gguf(
