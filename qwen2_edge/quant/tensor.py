@@ -119,13 +119,26 @@ def quantize_blocks(
     return codes, scale.astype(np.float16), zero.astype(np.uint8)
 
 
+ROWS_PER_CHUNK = 4096  # bounds the float32 temporaries of quantize_blocks (a 151936-row embedding: 4-5x its size)
+
+
 def quantize_rtn(name: str, w: np.ndarray, scheme: QuantScheme) -> QuantizedTensor:
-    """Round-to-nearest block quantization of a float tensor [..., K]."""
+    """Round-to-nearest block quantization of a float tensor [..., K], a few thousand rows at a time."""
     w = np.asarray(w, dtype=np.float32)
     check_finite(name, w)
     b = scheme.block_size
-    wp = pad_blocks(w, b)
-    blocks = wp.reshape(*wp.shape[:-1], wp.shape[-1] // b, b)
-    codes, scales, zeros = quantize_blocks(blocks, scheme)
+    k = w.shape[-1]
+    k_pad = k + (-k) % b
+    rows = w.reshape(-1, k)
+    codes = np.empty((rows.shape[0], k_pad), dtype=np.uint8)
+    scales = np.empty((rows.shape[0], k_pad // b), dtype=np.float16)
+    zeros = np.empty((rows.shape[0], k_pad // b), dtype=np.uint8)
+    for i in range(0, rows.shape[0], ROWS_PER_CHUNK):
+        part = pad_blocks(rows[i : i + ROWS_PER_CHUNK], b)
+        c, s_, z = quantize_blocks(part.reshape(part.shape[0], k_pad // b, b), scheme)
+        codes[i : i + len(part)] = c.reshape(len(part), k_pad)
+        scales[i : i + len(part)], zeros[i : i + len(part)] = s_, z
+    lead = w.shape[:-1]
+    scales, zeros = scales.reshape(*lead, -1), zeros.reshape(*lead, -1)
     check_scales(name, w, scales)
-    return QuantizedTensor(name, tuple(w.shape), scheme, codes.reshape(wp.shape), scales, zeros)
+    return QuantizedTensor(name, tuple(w.shape), scheme, codes.reshape(*lead, k_pad), scales, zeros)
