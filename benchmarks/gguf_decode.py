@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     both = {  # per file: the mean of its sessions, round by round, then the median over rounds
         f: {
             m: statistics.median(
-                statistics.mean(x) for x in zip(*(res[k][m] for k in runs if k.startswith(f)))
+                statistics.mean(x) for x in zip(*(res[k][m] for k in runs if k.startswith(f)), strict=True)
             )
             for m in ("prefill", "decode")
         }
