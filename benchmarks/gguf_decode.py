@@ -2,15 +2,15 @@
 
     python -m benchmarks.gguf_decode [--ckpt /work/bench-ckpt/qwen2-0.5b] [--threads 2] [--work DIR]
 
-Both files run in llama-cpp-python with identical settings (2 threads, default f16 KV cache); rounds
-alternate between the two files so machine noise hits both alike; the table shows medians and ratios.
+Both files run in llama-cpp-python with identical settings (2 threads, default f16 KV cache). Prefill
+rotates the file order per round and decode rotates it per token, so the neighbours' load on a shared
+machine hits every session alike; llama.cpp's file also runs in a second session (A/A) to show the noise
+floor. The table shows medians and ratios, and whether the two files hold the same tensors and bytes.
 
-llama.cpp's side: convert_hf_to_gguf.py from the llama-cpp-python source distribution (found in
---llama-cpp-src, $QWEN2_EDGE_LLAMA_CPP_SRC or ~/.cache/qwen2-edge/sdist, else fetched with
-`pip download --no-binary` and unpacked there; never vendored), run in a separate process whose
-`get_vocab_base_pre` is patched to answer "qwen2" (its pre-tokenizer hash table does not know a freshly
-trained tokenizer; the file itself is not edited), then `llama_model_quantize` to Q4_0.
-It needs `sentencepiece` importable (pip install sentencepiece; not a runtime dependency).
+llama.cpp's side: convert_hf_to_gguf.py from the llama-cpp-python source distribution, fetched and run by
+benchmarks/peers.py (never vendored; its pre-tokenizer detection is told "qwen2" in a wrapper process,
+the file is not edited), then `llama_model_quantize` to Q4_0. The converter needs `sentencepiece`
+importable (`pip install sentencepiece`, the `bench` extra; not a runtime dependency).
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -29,49 +27,20 @@ LLAMA_CPP_PYTHON = "0.3.36"
 # llama.cpp's OpenMP threads spin while waiting; on a shared 2-core machine that costs ~10x in decode
 # speed for both files alike. Passive waiting (set before llama_cpp is imported) keeps numbers meaningful.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-CACHE = Path.home() / ".cache" / "qwen2-edge" / "sdist"
-CONVERTER = Path("vendor/llama.cpp/convert_hf_to_gguf.py")
-
-# Runs in the child process: patch the pre-tokenizer detection, then the converter's own main().
-_WRAPPER = """
-import runpy, sys
-sys.path.insert(0, {src!r})
-from conversion import base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-sys.argv = ["convert_hf_to_gguf.py", *{argv!r}]
-runpy.run_path({script!r}, run_name="__main__")
-"""
 
 
-def find_llama_cpp_src(explicit: str | None) -> Path:
-    """The unpacked llama-cpp-python sdist's vendor/llama.cpp folder (fetched once into the cache)."""
-    roots = [Path(p) for p in (explicit, os.environ.get("QWEN2_EDGE_LLAMA_CPP_SRC")) if p]
-    roots.append(CACHE / f"llama_cpp_python-{LLAMA_CPP_PYTHON}")
-    for root in roots:
-        for cand in (root / CONVERTER, root / "convert_hf_to_gguf.py"):
-            if cand.is_file():
-                return cand.parent
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_PYTHON}"]
-        cmd += ["--no-binary", ":all:", "--no-deps", "-d", d]
-        subprocess.run(cmd, check=True)
-        (sdist,) = Path(d).glob("llama_cpp_python-*.tar.gz")
-        with tarfile.open(sdist) as tar:
-            tar.extractall(CACHE, filter="data")
-    return (CACHE / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / CONVERTER).parent
-
-
-def llama_cpp_q4_0(ckpt: Path, out: Path, src: Path, threads: int) -> None:
-    from qwen2_edge.exporters.gguf import llama_quantize
+def llama_cpp_q4_0(ckpt: Path, out: Path, threads: int) -> None:
+    """llama.cpp's own pipeline: convert_hf_to_gguf.py to f16, then llama_model_quantize to Q4_0."""
+    from . import peers
 
     f16 = out.with_suffix(".f16.gguf")
-    argv = [str(ckpt), "--outfile", str(f16), "--outtype", "f16"]
-    code = _WRAPPER.format(src=str(src), argv=argv, script=str(src / "convert_hf_to_gguf.py"))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if r.returncode:
-        raise SystemExit(f"convert_hf_to_gguf.py failed:\n{r.stderr[-3000:]}")
-    llama_quantize(f16, out, 2, threads)  # LLAMA_FTYPE_MOSTLY_Q4_0
+    for run in (
+        lambda: peers.run_converter(ckpt, f16, "f16"),
+        lambda: peers.run_quantize(f16, out, "q4_0", threads),
+    ):
+        stats = run()
+        if not stats.ok:
+            raise SystemExit(f"{stats.label} failed:\n{stats.output_tail}")
     f16.unlink()
 
 
@@ -157,9 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--work", type=Path, default=None, help="where the two GGUF files go (default: a temp dir)"
     )
-    ap.add_argument(
-        "--llama-cpp-src", default=None, help="unpacked llama-cpp-python sdist (or its vendor/llama.cpp)"
-    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
@@ -177,18 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     files = {"qwen2-edge": work / "ours-q4_0.gguf", "llama.cpp": work / "llamacpp-q4_0.gguf"}
     t_ours = t_theirs = float("nan")
     if not (args.reuse and all(p.is_file() for p in files.values())):
-        src = find_llama_cpp_src(args.llama_cpp_src)
         t0 = time.perf_counter()
         ours_q4_0(args.ckpt, files["qwen2-edge"], args.threads)
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
-        llama_cpp_q4_0(args.ckpt, files["llama.cpp"], src, args.threads)
+        llama_cpp_q4_0(args.ckpt, files["llama.cpp"], args.threads)
         t_theirs = time.perf_counter() - t0
 
     ids = list(range(1000, 1000 + args.prefill))
-    runs = dict(files)
-    if not args.no_aa:  # A/A: the same file in a second session shows how much this machine's noise is
-        runs["llama.cpp #2"] = files["llama.cpp"]
+    # Two sessions per file, created in A B B A order so slow drift during setup cancels; a file's speed is
+    # the mean of its two sessions; the ratio of llama.cpp's two sessions (A/A) shows the noise floor.
+    runs = {
+        "qwen2-edge": files["qwen2-edge"],
+        "llama.cpp": files["llama.cpp"],
+        "llama.cpp #2": files["llama.cpp"],
+        "qwen2-edge #2": files["qwen2-edge"],
+    }
+    if args.no_aa:
+        runs = dict(files)
+    # An untimed session is created first and kept open: the first session created in a process measured
+    # slower than later ones on the same file (16.9 vs 18.9 tok/s), whichever file it held.
+    spare = Timer(files["llama.cpp"], args.threads, n_ctx=32)
     timers = {k: Timer(p, args.threads, n_ctx=args.prefill + args.decode + 8) for k, p in runs.items()}
     res: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runs}
     for t in timers.values():  # warm-up: page the weights in, untimed
@@ -210,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         for k in timers:
             res[k]["decode"].append(args.decode / secs[k])
     med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in res.items()}
+    both = {  # per file: the mean of its sessions, round by round, then the median over rounds
+        f: {
+            m: statistics.median(
+                statistics.mean(x) for x in zip(*(res[k][m] for k in runs if k.startswith(f)), strict=True)
+            )
+            for m in ("prefill", "decode")
+        }
+        for f in files
+    }
 
     print(f"\nGGUF Q4_0 of {args.ckpt} - llama-cpp-python {LLAMA_CPP_PYTHON}, {args.threads} threads, "
           f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.rounds} interleaved rounds, "
@@ -224,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{med[k]['decode']:>13.2f}  {types}")  # fmt: skip
     print(f"layout: {compare_layout(files['qwen2-edge'], files['llama.cpp'])}")
     for m in ("prefill", "decode"):
-        line = f"ratio {m}: {med['qwen2-edge'][m] / med['llama.cpp'][m]:.3f}x (target >= 0.97x)"
+        line = f"ratio {m}: {both['qwen2-edge'][m] / both['llama.cpp'][m]:.3f}x (target >= 0.97x)"
         if "llama.cpp #2" in med:
             line += f"; noise floor (llama.cpp vs itself) {med['llama.cpp #2'][m] / med['llama.cpp'][m]:.3f}x"
         print(line)
-    for t in timers.values():
+    for t in (spare, *timers.values()):
         t.llm.close()
     return 0
 
