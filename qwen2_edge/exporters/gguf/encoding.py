@@ -304,16 +304,6 @@ def tensors(enc: Encoding, get: Callable[[str], Weight]) -> Iterator[OutTensor]:
     order; same types and bytes otherwise). `get(canonical_name)` returns float32 numpy or a
     QuantizedTensor; one block is materialized at a time."""
     s = enc.spec
-    yield OutTensor("token_embd.weight", get("model.embed_tokens.weight"), "embed")
-    for layer in s.layers:
-        yield from _attention(enc, layer.index, get)
-        if enc.arch == "qwen2moe":
-            yield from _moe_ffn(enc, layer.index, get)
-        elif enc.granite_moe:
-            yield from _granite_moe_ffn(enc, layer.index, get)
-        else:
-            yield from _dense_ffn(enc, layer.index, get)
-    yield OutTensor("output_norm.weight", get("model.norm.weight"), "vector")
     head = [OutTensor("output_norm.weight", get("model.norm.weight"), "vector")]
     head.append(OutTensor("token_embd.weight", get("model.embed_tokens.weight"), "embed"))
     # llama.cpp's qwen2moe loader requires output.weight even when the checkpoint ties it (measured:
@@ -324,9 +314,14 @@ def tensors(enc: Encoding, get: Callable[[str], Weight]) -> Iterator[OutTensor]:
     elif enc.arch == "qwen2moe":
         head.append(OutTensor("output.weight", get("model.embed_tokens.weight"), "output"))
     yield from sorted(head, key=lambda t: t.name)
+    if enc.arch == "qwen2moe":
+        ffn = _moe_ffn
+    elif enc.granite_moe:
+        ffn = _granite_moe_ffn
+    else:
+        ffn = _dense_ffn
     for layer in s.layers:
         block = list(_attention(enc, layer.index, get))
-        ffn = _moe_ffn if enc.arch == "qwen2moe" else _dense_ffn
         block += ffn(enc, layer.index, get)
         yield from sorted(block, key=lambda t: t.name)
 
