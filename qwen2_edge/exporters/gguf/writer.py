@@ -37,6 +37,13 @@ class WritePlan:
     n_elements: int = 0
 
 
+def to_f16(a: np.ndarray) -> np.ndarray:
+    """float32 -> float16 through torch (vectorized F16C; numpy's astype was ~40% of an f16 export)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(torch.float16).numpy()
+
+
 def store(t: OutTensor, gq: GGUFQuant, float_type: GGMLQuantizationType) -> Stored:
     """Decide how one tensor is stored. `float_type` is the type of float matrices in this file."""
     w = t.weight
@@ -63,7 +70,7 @@ def store(t: OutTensor, gq: GGUFQuant, float_type: GGMLQuantizationType) -> Stor
         qt = GGMLQuantizationType.Q8_0 if t.role in ("embed", "output") else gq.matrix_type
         return Stored(quantize_float(to_float(w), qt), shape, qt)
     if float_type == GGMLQuantizationType.F16:
-        return Stored(to_float(w).astype(np.float16), shape, float_type)
+        return Stored(to_f16(to_float(w)), shape, float_type)
     return Stored(to_float(w), shape, F32)
 
 
