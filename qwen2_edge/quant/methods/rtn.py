@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,18 @@ from ..tensor import QuantizedTensor, quantize_rtn
 def quantize_rtn_model(
     ckpt: Checkpoint, base: QuantScheme, policy: QuantPolicy, **_ignored: Any
 ) -> QuantizedModel:
-    """RTN over the checkpoint, one tensor at a time (calibration arguments are accepted and unused)."""
-    tensors: dict[str, QuantizedTensor] = {}
-    for name in ckpt.canonical_names():
+    """RTN over the checkpoint (calibration arguments are accepted and unused). Tensors are independent, and
+    numpy releases the GIL in the block arithmetic, so they are spread over the cores (at most two in
+    flight per core: bounded memory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> tuple[str, QuantizedTensor | None]:
         w = ckpt.canonical(name)
         scheme = policy.scheme_for(name, w.ndim, base)
-        if scheme is not None:
-            tensors[name] = quantize_rtn(name, np.asarray(w.numpy()), scheme)
+        return name, None if scheme is None else quantize_rtn(name, np.asarray(w.numpy()), scheme)
+
+    workers = max(1, min(len(os.sched_getaffinity(0)), 4))
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(one, ckpt.canonical_names()))
+    tensors = {name: q for name, q in done if q is not None}
     return QuantizedModel(ckpt, base, policy, "rtn", tensors)
