@@ -119,7 +119,9 @@ def quantize_blocks(
     return codes, scale.astype(np.float16), zero.astype(np.uint8)
 
 
-ROWS_PER_CHUNK = 4096  # bounds the float32 temporaries of quantize_blocks (a 151936-row embedding: 4-5x its size)
+ROWS_PER_CHUNK = (
+    4096  # bounds the float32 temporaries of quantize_blocks (a 151936-row embedding: 4-5x its size)
+)
 
 
 def quantize_rtn(name: str, w: np.ndarray, scheme: QuantScheme) -> QuantizedTensor:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError
 from ..model.spec import read_spec
-from ..model.tokenizer import TextTokenizer
 from .base import Session
+from .folder_text import FolderTokenizerMixin
 
 MODEL_FILE = "model.onnx"
 
@@ -19,7 +19,7 @@ def is_onnx_folder(p: Path) -> bool:
     return p.is_dir() and (p / MODEL_FILE).is_file()
 
 
-class OnnxSession(Session):
+class OnnxSession(FolderTokenizerMixin, Session):
     runtime = "onnxruntime"
     format = "onnx"
 
@@ -43,18 +43,11 @@ class OnnxSession(Session):
                 f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path
             ) from None
         self.quant = _manifest_quant(self.path)
-        self._tok: TextTokenizer | None = None
         self._past_names = [
             i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")
         ]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
         self.reset()
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        if self._tok is None:
-            self._tok = TextTokenizer(self.path)
-        return self._tok
 
     def reset(self) -> None:
         from onnxruntime import OrtValue
@@ -82,18 +75,6 @@ class OnnxSession(Session):
         self._past = dict(zip(self._past_names, out[1:], strict=True))
         self._n += ids.shape[1]
         return out[0].numpy()[0]
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def stop_ids(self) -> set[int]:
-        return self.tokenizer.stop_ids(self.spec.eos_token_id)
-
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.tokenizer.apply_chat_template(messages)
 
 
 def _manifest_quant(folder: Path) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +10,8 @@ import torch
 
 from ..model.checkpoint import Checkpoint, open_checkpoint
 from ..model.families import transformers_class
-from ..model.tokenizer import TextTokenizer
 from .base import Session
+from .folder_text import FolderTokenizerMixin
 
 
 def load_reference_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
@@ -34,7 +34,7 @@ def load_reference_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32):
     return model.eval()
 
 
-class ReferenceSession(Session):
+class ReferenceSession(FolderTokenizerMixin, Session):
     runtime = "transformers"
     format = "hf"
 
@@ -45,15 +45,8 @@ class ReferenceSession(Session):
         if threads:
             torch.set_num_threads(threads)
         self.model = model if model is not None else load_reference_model(self.ckpt)
-        self._tok: TextTokenizer | None = None
         self._cache = None
         self._n = 0
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        if self._tok is None:
-            self._tok = TextTokenizer(self.path)
-        return self._tok
 
     def reset(self) -> None:
         self._cache = None
@@ -78,15 +71,3 @@ class ReferenceSession(Session):
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         x = torch.tensor([list(ids)], dtype=torch.long)
         return self.model(input_ids=x, use_cache=False).logits[0].float().numpy()
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def stop_ids(self) -> set[int]:
-        return self.tokenizer.stop_ids(self.spec.eos_token_id)
-
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.tokenizer.apply_chat_template(messages)
