@@ -8,7 +8,7 @@ initializer: the MatMulNBits blocks [V, k_blocks, blob]; the lookup sees them th
 from __future__ import annotations
 
 from .graph import MS_DOMAIN, Graph
-from .linear import linear
+from .linear import linear, matmul_nbits
 from .pack import pack_nbits
 from .weights import Weights
 
@@ -61,17 +61,7 @@ def lm_head(g: Graph, w: Weights, x: str, table: str | None, output: str) -> str
         inputs = [x, TIED_BLOCKS, g.weight("lm_head.MatMul.scales", packed.scales)]
         if packed.zeros is not None:
             inputs.append(g.weight("lm_head.MatMul.qzeros", packed.zeros))
-        y = g.op(
-            "MatMulNBits",
-            inputs,
-            f"{node}/MatMulNBits",
-            domain=MS_DOMAIN,
-            K=packed.k,
-            N=packed.n,
-            bits=packed.bits,
-            block_size=packed.block_size,
-            accuracy_level=w.accuracy_level,
-        )
+        y = matmul_nbits(g, inputs, node, packed, w.accuracy_level)
     last = g.nodes[-1]  # the node that made y: let it write the graph output (no Identity copy)
     last.output[list(last.output).index(y)] = output
     return output

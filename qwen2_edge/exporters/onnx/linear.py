@@ -42,19 +42,24 @@ def linear(g: Graph, w: Weights, x: str, node: str, names: list[str], biases: li
             inputs.append(g.weight(init_name(node, "MatMul.qzeros"), packed.zeros))
         if bias is not None:
             inputs += [""] * (5 - len(inputs)) + [g.weight(init_name(node, "MatMul.bias"), bias)]
-        return g.op(
-            "MatMulNBits",
-            inputs,
-            f"{node}/MatMulNBits",
-            domain=MS_DOMAIN,
-            K=packed.k,
-            N=packed.n,
-            bits=packed.bits,
-            block_size=packed.block_size,
-            accuracy_level=w.accuracy_level,
-        )
+        return matmul_nbits(g, inputs, node, packed, w.accuracy_level)
     weight = np.concatenate([w.array(n) for n in names], axis=0).T  # [K, N] for MatMul
     y = g.op("MatMul", [x, w.float_input(g, init_name(node, "MatMul.weight"), weight)], f"{node}/MatMul")
     if bias is not None:
         y = g.op("Add", [y, g.weight(init_name(node, "Add.bias"), bias)], f"{node}/Add")
     return y
+
+
+def matmul_nbits(g, inputs: list[str], node: str, packed, accuracy_level: int) -> str:
+    """One com.microsoft.MatMulNBits node over packed blocks (inputs: x, blocks, scales[, zeros[, ..., bias]])."""
+    return g.op(
+        "MatMulNBits",
+        inputs,
+        f"{node}/MatMulNBits",
+        domain=MS_DOMAIN,
+        K=packed.k,
+        N=packed.n,
+        bits=packed.bits,
+        block_size=packed.block_size,
+        accuracy_level=accuracy_level,
+    )
