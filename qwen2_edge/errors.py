@@ -26,3 +26,16 @@ class UnsupportedError(UserError):
 
 class ArtifactError(UserError):
     """An exported artifact (ONNX folder, GGUF file) that is missing, truncated or not what it claims."""
+
+
+def read_json_object(path: Path, what: str, error: type[UserError] = UserError) -> dict:
+    """A JSON object from `path`, or a one-line `error` naming the file (bad UTF-8, bad JSON, not an object)."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{what} is not valid JSON ({e})", path) from None
+    if not isinstance(raw, dict):
+        raise error(f"{what} must be a JSON object", path)
+    return raw

@@ -7,14 +7,13 @@ compares the two distributions token by token), so a spec that names another voc
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, read_json_object
 
 ATTN_PARTS = (
     "self_attn.q_proj.weight",
@@ -59,13 +58,7 @@ class StudentSpec:
         p = Path(path)
         if not p.is_file():
             raise UserError("no such student spec file", p)
-        try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"student spec is not valid JSON ({e})", p) from None
-        if not isinstance(raw, dict):
-            raise UserError("student spec must be a JSON object", p)
-        return StudentSpec.from_dict(raw, p)
+        return StudentSpec.from_dict(read_json_object(p, "student spec"), p)
 
     @staticmethod
     def from_dict(raw: dict[str, Any], source: str | Path | None = None) -> StudentSpec:

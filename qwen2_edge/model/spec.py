@@ -8,12 +8,11 @@ A saved `layer_types` is taken as written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, UnsupportedError
+from ..errors import CheckpointError, UnsupportedError, read_json_object
 from .families import FAMILIES, Family, transformers_class
 
 
@@ -110,13 +109,7 @@ def read_spec(config_path: str | Path) -> ModelSpec:
         path = path / "config.json"
     if not path.is_file():
         raise CheckpointError("no config.json (not a Hugging Face checkpoint directory)", path.parent)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"not valid JSON ({e})", path) from None
-    if not isinstance(raw, dict):
-        raise CheckpointError("expected a JSON object", path)
-    return spec_from_dict(raw, path)
+    return spec_from_dict(read_json_object(path, "config.json", CheckpointError), path)
 
 
 def spec_from_dict(raw: dict[str, Any], path: Path = Path("config.json")) -> ModelSpec:
