@@ -56,7 +56,9 @@ def quantize_for_export(
     from ..quant import quantize_model
 
     kwargs = {"calib": calib or [], "calib_tokens": calib_tokens} if method != "rtn" else {}
-    return quantize_model(ckpt, scheme, policy or make_policy(), method=method, **kwargs)
+    qmodel = quantize_model(ckpt, scheme, policy or make_policy(), method=method, **kwargs)
+    ckpt.release()  # every weight was read once: drop the mapped pages before the exporter packs
+    return qmodel
 
 
 def export_checkpoint(

@@ -115,6 +115,11 @@ class Checkpoint:
         t = handle.get_tensor(name)
         return t if dtype is None else t.to(dtype)
 
+    def release(self) -> None:
+        """Unmap the weight files. Pages read through the mappings count as resident memory; after a pass
+        over every tensor (quantization) this returns them, and later reads map the files again."""
+        self._handles.clear()
+
     def lm_head(self, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         name = "model.embed_tokens.weight" if self.spec.tie_word_embeddings else "lm_head.weight"
         return self.tensor(name, dtype)

@@ -21,7 +21,10 @@ from .weights import Weights
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST = "manifest.json"
-EXTERNAL_DATA_BYTES = 1 << 30  # beyond this the weights go to model.onnx.data (protobuf caps at 2 GiB)
+# Beyond this the weights go to model.onnx.data: saving then writes tensor by tensor instead of serializing
+# one more copy of every weight (measured on the Qwen2-0.5B int4 export: peak 2.67 -> 1.97 GB, 8.3 -> 6.7 s),
+# and protobuf caps a single file at 2 GiB anyway.
+EXTERNAL_DATA_BYTES = 64 << 20
 COPIED_FILES = (
     "config.json",
     "generation_config.json",
