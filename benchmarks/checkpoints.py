@@ -16,28 +16,15 @@ from pathlib import Path
 
 from qwen2_edge.testing.fixtures import FixtureSpec, make_checkpoint
 
+# Qwen2-0.5B's dimensions, shared by both benchmark checkpoints.
+_QWEN2_05B = dict(hidden=896, heads=14, kv_heads=2, intermediate=4864, tie=True, vocab_rows=151936, std=0.02)
+_LONG_ROPE = {"max_position_embeddings": 32768, "rope_theta": 1000000.0}
+
 BENCH_SPECS: dict[str, FixtureSpec] = {
-    "qwen2-0.5b": FixtureSpec(
-        hidden=896,
-        layers=24,
-        heads=14,
-        kv_heads=2,
-        intermediate=4864,
-        tie=True,
-        vocab_rows=151936,
-        std=0.02,
-        config={"max_position_embeddings": 32768, "rope_theta": 1000000.0},
-    ),
+    "qwen2-0.5b": FixtureSpec(layers=24, config=dict(_LONG_ROPE), **_QWEN2_05B),
     "moe": FixtureSpec(
         architecture="Qwen2MoeForCausalLM",
-        hidden=896,
         layers=12,
-        heads=14,
-        kv_heads=2,
-        intermediate=4864,
-        tie=True,
-        vocab_rows=151936,
-        std=0.02,
         config={
             "num_experts": 16,
             "num_experts_per_tok": 4,
@@ -48,9 +35,9 @@ BENCH_SPECS: dict[str, FixtureSpec] = {
             "use_sliding_window": True,
             "sliding_window": 512,
             "max_window_layers": 6,
-            "max_position_embeddings": 32768,
-            "rope_theta": 1000000.0,
+            **_LONG_ROPE,
         },
+        **_QWEN2_05B,
     ),
 }
 
