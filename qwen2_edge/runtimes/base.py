@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..errors import UnsupportedError
 from .sampling import Sampler
 
 
@@ -19,6 +20,27 @@ class Session(abc.ABC):
     format: ClassVar[str]  # "hf", "onnx", "gguf"
     path: Path
     quant: str = "f32"
+    # KV-cache precisions this runtime can hold (runtimes/options.py KV_CACHE_TYPES names) and its default.
+    kv_cache_types: ClassVar[tuple[str, ...]] = ("f32",)
+    default_kv_cache: ClassVar[str] = "f32"
+    kv_cache: str = "f32"  # what this session actually holds
+
+    def resolve_kv_cache(self, requested: str | None) -> str:
+        """The KV-cache type to use: the runtime default for None, a one-line refusal for one it lacks."""
+        if requested is None:
+            return self.default_kv_cache
+        if requested not in self.kv_cache_types:
+            raise UnsupportedError(
+                f"{self.runtime} cannot hold a {requested} KV cache for this artifact "
+                f"(choose from {', '.join(self.kv_cache_types)})",
+                getattr(self, "path", None),
+            )
+        return requested
+
+    def kv_cache_bytes(self) -> int | None:
+        """Bytes the runtime's KV-cache buffers occupy now, read from the runtime (not computed from the
+        geometry); None where the runtime does not expose them."""
+        return None
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -97,10 +97,17 @@ class LlamaCppSession(Session):
     runtime = "llama.cpp"
     format = "gguf"
 
-    def __init__(self, path: str | Path, threads: int | None = None, n_ctx: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        n_ctx: int | None = None,
+        kv_cache: str | None = None,
+    ) -> None:
         import llama_cpp
 
         self.path = Path(path)
+        self.kv_cache = self.resolve_kv_cache(kv_cache)
         self.meta = check_gguf(self.path)
         self.quant = file_type_name(self.meta.get("file_type"))
         quiet_llama_logs()

@@ -23,10 +23,17 @@ class OnnxSession(FolderTokenizerMixin, Session):
     runtime = "onnxruntime"
     format = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        kv_cache: str | None = None,
+        n_ctx: int | None = None,  # noqa: ARG002
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.kv_cache = self.resolve_kv_cache(kv_cache)
         if not is_onnx_folder(self.path):
             raise ArtifactError(f"no {MODEL_FILE} (not an exported ONNX folder)", self.path)
         self.spec = read_spec(self.path / "config.json")

@@ -38,9 +38,17 @@ class ReferenceSession(FolderTokenizerMixin, Session):
     runtime = "transformers"
     format = "hf"
 
-    def __init__(self, path: str | Path, threads: int | None = None, model=None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        model=None,
+        kv_cache: str | None = None,
+        n_ctx: int | None = None,  # noqa: ARG002 - transformers' cache grows as needed
+    ) -> None:
         self.ckpt = open_checkpoint(path)
         self.path = self.ckpt.path
+        self.kv_cache = self.resolve_kv_cache(kv_cache)  # the float reference: f32 only
         self.spec = self.ckpt.spec
         if threads:
             torch.set_num_threads(threads)

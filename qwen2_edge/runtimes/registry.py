@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ArtifactError
 from ..model.builtin import PREFIX, resolve_model_path
 from .base import Session
+from .options import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,14 @@ class RuntimeEntry:
     detect: Callable[[Path], bool]
     target: str  # "module:Class" of the Session, imported only when used
 
-    def open(self, path: Path, threads: int | None = None) -> Session:
+    def session_class(self) -> type[Session]:
         module, cls = self.target.split(":")
-        return getattr(importlib.import_module(module), cls)(path, threads=threads)
+        return getattr(importlib.import_module(module), cls)
+
+    def open(self, path: Path, threads: int | None = None, options: RuntimeOptions | None = None) -> Session:
+        o = options or RuntimeOptions(threads=threads)
+        threads = threads if threads is not None else o.threads
+        return self.session_class()(path, threads=threads, kv_cache=o.kv_cache, n_ctx=o.n_ctx)
 
 
 def _is_hf(p: Path) -> bool:
@@ -61,6 +67,9 @@ def detect_format(path: str | Path) -> RuntimeEntry:
     raise ArtifactError(f"not a recognized model artifact (known formats: {known})", p)
 
 
-def open_session(path: str | Path, threads: int | None = None) -> Session:
+def open_session(
+    path: str | Path, threads: int | None = None, options: RuntimeOptions | None = None
+) -> Session:
+    """Open an artifact in its runtime; `options` carries the KV-cache type and context length."""
     p = resolve_model_path(path)
-    return detect_format(p).open(p, threads=threads)
+    return detect_format(p).open(p, threads=threads, options=options)
