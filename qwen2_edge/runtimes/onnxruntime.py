@@ -14,8 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, UserError
-from ..exporters.onnx.kv_cache import LayerCache, cache_layout, past_names, present_names
+from ..errors import ArtifactError, UnsupportedError, UserError
+from ..exporters.onnx.kv_cache import (
+    KV_TYPE_NAMES,
+    KVType,
+    LayerCache,
+    apply_kv_type,
+    cache_layout,
+    graph_kv_type,
+    kv_type,
+    past_names,
+    present_names,
+    scales_from_absmax,
+)
 from ..model.spec import read_spec
 from .base import Session
 from .folder_text import FolderTokenizerMixin
@@ -60,6 +71,7 @@ class _Buffer:
 class OnnxSession(FolderTokenizerMixin, Session):
     runtime = "onnxruntime"
     format = "onnx"
+    kv_cache_types = KV_TYPE_NAMES  # exporters/onnx/kv_cache.py: how each maps to GroupQueryAttention
 
     def __init__(
         self,
@@ -74,24 +86,31 @@ class OnnxSession(FolderTokenizerMixin, Session):
         self.path = Path(path)
         if not is_onnx_folder(self.path):
             raise ArtifactError(f"no {MODEL_FILE} (not an exported ONNX folder)", self.path)
-        self.kv_cache = self.resolve_kv_cache(kv_cache)
+        self.resolve_kv_cache(kv_cache)
         self.spec = read_spec(self.path / "config.json")
         self.max_ctx = n_ctx or self.spec.max_position_embeddings
         self._fixed_ctx = n_ctx is not None  # sized up front by a caller that knows its length
         try:
-            graph = onnx.load(str(self.path / MODEL_FILE), load_external_data=False).graph
+            model = onnx.load(str(self.path / MODEL_FILE), load_external_data=False)
         except Exception as e:  # a truncated or foreign file: one line, not a traceback
             raise ArtifactError(f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path) from None
-        self.layout: list[LayerCache] = cache_layout(graph)
-        del graph
+        self.layout: list[LayerCache] = cache_layout(model.graph)
+        built = graph_kv_type(model.graph)
+        self.kv_cache = kv_cache or built  # the runtime's default: what the graph was exported with
+        self.kv: KVType = kv_type(self.kv_cache)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        source: str | bytes = str(self.path / MODEL_FILE)
+        if self.kv_cache != built:
+            self._rewrite_kv(model, built)
+            source = model.SerializeToString()
+            # external weights (model.onnx.data) are still read from the folder
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path))
+        del model
         try:
-            self.session = ort.InferenceSession(
-                str(self.path / MODEL_FILE), opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ArtifactError(
                 f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path
@@ -106,6 +125,34 @@ class OnnxSession(FolderTokenizerMixin, Session):
         self._ones = np.ones((1, 0), np.int64)
         self._binding = None
         self._n = 0
+
+    def _rewrite_kv(self, model, built: str) -> None:
+        """Turn the exported float32-cache graph into one holding a `self.kv` cache (kv_cache.py)."""
+        if built != "f32":
+            raise UnsupportedError(
+                f"this ONNX folder's graph holds a {built} KV cache; it runs only with --kv-cache {built}", self.path
+            )
+        scales = None
+        if self.kv.quantized:
+            if self.kv.bits == 4 and self.spec.head_dim % 32 and any(c.windowed for c in self.layout):
+                raise UnsupportedError(
+                    f"onnxruntime's 4-bit KV cache on sliding layers needs a head size that is a multiple of 32 "
+                    f"(this model: {self.spec.head_dim}); use --kv-cache q8_0",
+                    self.path,
+                )
+            calib = _manifest(self.path).get("kv_cache_scales")
+            if not isinstance(calib, dict) or "absmax" not in calib:
+                raise ArtifactError(
+                    f"manifest.json has no calibrated KV-cache scales, which onnxruntime's {self.kv.name} cache "
+                    "needs: re-export the folder with this version of qwen2-edge",
+                    self.path,
+                )
+            absmax = {int(i): (d["k"], d["v"]) for i, d in calib["absmax"].items()}
+            scales = scales_from_absmax(self.kv, absmax)
+        try:
+            apply_kv_type(model, self.kv, scales)
+        except ValueError as e:
+            raise ArtifactError(f"cannot set a {self.kv.name} KV cache ({e})", self.path) from None
 
     # -- KV cache ---------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -131,25 +178,26 @@ class OnnxSession(FolderTokenizerMixin, Session):
             raise UserError(
                 f"sequence of {total} tokens exceeds the session's context of {self.max_ctx} tokens", self.path
             )
-        s = self.spec
         changed = False
         for c in self.layout:
             buf = self._buffers.get(c.index)
             if c.windowed:
                 if buf is None:
-                    self._buffers[c.index] = _Buffer(c.capacity(self.max_ctx), s.num_kv_heads, s.head_dim)
+                    self._buffers[c.index] = self._new_buffer(c.capacity(self.max_ctx))
                     changed = True
                 continue
             if buf is not None and buf.rows >= total:
                 continue
             rows = self.max_ctx if self._fixed_ctx else min(self.max_ctx, max(MIN_CAPACITY, 2 * total))
             rows = max(rows, total)
-            self._buffers[c.index] = (
-                _Buffer(rows, s.num_kv_heads, s.head_dim) if buf is None else buf.grown(rows, self._n)
-            )
+            self._buffers[c.index] = self._new_buffer(rows) if buf is None else buf.grown(rows, self._n)
             changed = True
         if changed or self._binding is None:
             self._bind_cache()
+
+    def _new_buffer(self, rows: int) -> _Buffer:
+        s = self.spec
+        return _Buffer(rows, s.num_kv_heads, self.kv.cache_dim(s.head_dim), self.kv.np_dtype)
 
     def _bind_cache(self) -> None:
         io = self.session.io_binding()
@@ -190,10 +238,15 @@ class OnnxSession(FolderTokenizerMixin, Session):
         return io.get_outputs()[0].numpy()[0]
 
 
-def _manifest_quant(folder: Path) -> str:
+def _manifest(folder: Path) -> dict:
     import json
 
     try:
-        return str(json.loads((folder / "manifest.json").read_text()).get("quant", "f32"))
+        data = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
-        return "f32"
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _manifest_quant(folder: Path) -> str:
+    return str(_manifest(folder).get("quant", "f32"))

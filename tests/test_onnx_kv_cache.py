@@ -133,3 +133,92 @@ def test_genai_and_our_session_agree_past_eight_windows(name, f32_folder):
         tokens.append(int(gen.get_next_tokens()[0]))
     assert len(tokens) == 16
     assert tokens == OnnxSession(folder).greedy(prompt, 16)
+
+
+# -- KV-cache precision ----------------------------------------------------------------------------------
+# Measured (fixtures, 96 tokens; logits of magnitude ~2-75): max |dlogit| vs transformers f16 4e-3 .. 6e-3,
+# q8_0 0.32 (dense) .. 1.5 (moe_sliding), q4_0 1.4 (dense); decode vs prefill of the same session <= 1.4e-3;
+# top-1 agreement 1.0 for all. KV bytes are exactly 1/2, 1/4, 1/8 of float32's.
+KV_BOUNDS = {"f16": 2e-2, "q8_0": 3.0, "q4_0": 4.0}
+
+
+@pytest.mark.parametrize(
+    "name,kv", [("sliding", "f16"), ("moe_sliding", "f16"), ("dense", "q8_0"), ("moe_sliding", "q8_0"), ("dense", "q4_0")]
+)
+def test_kv_cache_types_run_close_to_float(name, kv, f32_folder, fixture_dir, hf_model):
+    expected = _reference(hf_model, fixture_dir(name), IDS)
+    f32 = OnnxSession(f32_folder(name))
+    session = OnnxSession(f32_folder(name), kv_cache=kv)
+    assert session.kv_cache == kv and f32.kv_cache == "f32"
+    prefill = session.logits(IDS)
+    decode = _in_chunks(session, IDS, [5])
+    assert np.abs(prefill - expected).max() <= KV_BOUNDS[kv]
+    assert np.abs(decode - prefill).max() <= 5e-3  # the cache holds what the prefill computed
+    assert (decode.argmax(-1) == expected.argmax(-1)).mean() >= 0.95
+    _in_chunks(f32, IDS, [5])
+    assert session.kv_cache_bytes() * {"f16": 2, "q8_0": 4, "q4_0": 8}[kv] == f32.kv_cache_bytes()
+
+
+def test_kv_scales_are_calibrated_per_channel_at_export(f32_folder):
+    folder = f32_folder("dense")
+    calib = json.loads((folder / "manifest.json").read_text())["kv_cache_scales"]
+    spec = OnnxSession(folder).spec
+    assert calib["tokens"] == 512 and set(calib["absmax"]) == {str(i) for i in range(spec.num_layers)}
+    for sides in calib["absmax"].values():
+        for values in sides.values():
+            assert len(values) == spec.num_kv_heads * spec.head_dim and min(values) > 0
+    # keys are stored after the rotary embedding, which mixes channel i with i + head_dim/2: the cached
+    # pair has the same peak norm, so their |max| stay within a factor ~2 (guards a pre-rotary calibration)
+    k = np.array(calib["absmax"]["0"]["k"]).reshape(spec.num_kv_heads, 2, spec.head_dim // 2)
+    assert (np.maximum(k[:, 0], k[:, 1]) / np.minimum(k[:, 0], k[:, 1])).max() < 4
+
+
+def test_kv_cache_refusals_are_one_line(f32_folder, tmp_path):
+    from qwen2_edge.errors import ArtifactError, UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="multiple of 32"):
+        OnnxSession(f32_folder("sliding"), kv_cache="q4_0")  # head size 16 with sliding layers
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    for f in f32_folder("dense").iterdir():
+        (stale / f.name).symlink_to(f)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    del manifest["kv_cache_scales"]
+    (stale / "manifest.json").unlink()
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    assert OnnxSession(stale, kv_cache="f16").kv_cache == "f16"  # no scales needed
+    with pytest.raises(ArtifactError, match="no calibrated KV-cache scales"):
+        OnnxSession(stale, kv_cache="q8_0")
+    with pytest.raises(UserError, match="unknown KV-cache type"):
+        from qwen2_edge.runtimes.options import RuntimeOptions
+
+        RuntimeOptions(kv_cache="q5_1")
+
+
+def test_kv_cache_types_on_external_data(fixture_dir, tmp_path):
+    """The rewritten graph is loaded from memory: its weights must still come from model.onnx.data."""
+    folder = export_onnx(open_checkpoint(fixture_dir("dense")), tmp_path / "ext", "f32", external_data=True).path
+    assert (folder / "model.onnx.data").is_file()
+    f32 = OnnxSession(folder).logits(IDS[:20])
+    assert np.abs(OnnxSession(folder, kv_cache="f16").logits(IDS[:20]) - f32).max() <= KV_BOUNDS["f16"]
+
+
+TEACHER_KLD = {"f16": 1e-6, "q8_0": 3e-4, "q4_0": 3e-3}  # measured 2.6e-8, 9.7e-5, 9.5e-4 (4 x 256 tokens)
+
+
+def test_teacher_kv_cache_kld(tmp_path):
+    """On the trained teacher, KL divergence to the float reference of decoding through each cache type,
+    positions 128..384 of held-out text (after the cache holds 128 tokens)."""
+    from qwen2_edge.data.corpus import heldout_text
+    from qwen2_edge.runtimes.reference import ReferenceSession
+
+    folder = export_onnx(open_checkpoint("builtin:teacher"), tmp_path / "t", "f32").path
+    ref = ReferenceSession("builtin:teacher")
+    ids = ref.encode(heldout_text())[:384]
+    logp_ref = torch.log_softmax(torch.tensor(ref.logits(ids)[128:], dtype=torch.float64), -1)
+    for kv, bound in TEACHER_KLD.items():
+        s = OnnxSession(folder, kv_cache=kv)
+        got = _in_chunks(s, ids, [128])[128:]
+        logp = torch.log_softmax(torch.tensor(got, dtype=torch.float64), -1)
+        kld = (logp_ref.exp() * (logp_ref - logp)).sum(-1).mean().item()
+        assert 0 < kld <= bound, (kv, kld)
