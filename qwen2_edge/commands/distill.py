@@ -9,7 +9,8 @@ HELP = "distill a student (Qwen2 or Qwen2-MoE hybrid, sliding-window layers) fro
 
 # flag -> StudentSpec field; flags override the JSON spec (or the default student)
 _SPEC_INTS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "experts", "top_k",
-              "expert_intermediate", "shared_intermediate", "window")  # fmt: skip
+              "expert_intermediate", "shared_intermediate", "window",
+              "max_position_embeddings")  # fmt: skip
 _SPEC_LISTS = ("moe_layers", "window_layers", "init_layers")
 
 
@@ -76,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--window", type=int, help="sliding window w (keys per query) on --window-layers")
     s.add_argument("--window-layers", type=_int_list)
+    s.add_argument(
+        "--max-position-embeddings",
+        type=int,
+        help="RoPE positions (context limit) the student declares; beyond the teacher's they are untrained",
+    )
     s.add_argument(
         "--init-layers", type=_int_list, help="teacher layer to initialize each student layer from"
     )

@@ -51,6 +51,10 @@ class StudentSpec:
     window: int | None = None  # sliding window w on `window_layers`
     window_layers: tuple[int, ...] = ()
     init_layers: tuple[int, ...] | None = None  # teacher layer for each student layer; None: evenly spaced
+    # RoPE positions the student declares (its context limit in every runtime); None: the teacher's. Longer
+    # than the teacher's is allowed (e.g. for long-context speed/memory benchmarks) but those positions are
+    # untrained: quality there is whatever the rotary extrapolation gives.
+    max_position_embeddings: int | None = None
     vocab_size: int | None = None  # only checked: must equal the teacher's
 
     @staticmethod
@@ -150,12 +154,15 @@ def resolve_config(spec: StudentSpec, teacher_config: dict[str, Any]) -> dict[st
         raise UserError("student window_layers given without a window size")
     if spec.window is not None and spec.window < 1:
         raise UserError(f"student window must be >= 1, got {spec.window}")
+    if spec.max_position_embeddings is not None and spec.max_position_embeddings < 1:
+        raise UserError(f"student max_position_embeddings must be >= 1, got {spec.max_position_embeddings}")
     hidden = spec.hidden or int(t["hidden_size"])
     heads = spec.heads or int(t["num_attention_heads"])
     kv = spec.kv_heads or int(t.get("num_key_value_heads") or heads)
     if hidden % heads or heads % kv:
         raise UserError(f"student hidden {hidden}, heads {heads}, kv_heads {kv} do not divide")
     inter = spec.intermediate or int(t["intermediate_size"])
+    positions = spec.max_position_embeddings or int(t.get("max_position_embeddings", 2048))
     layer_types = ["sliding_attention" if i in spec.window_layers else "full_attention" for i in range(L)]
     cfg: dict[str, Any] = {
         "vocab_size": t_rows,
@@ -165,7 +172,7 @@ def resolve_config(spec: StudentSpec, teacher_config: dict[str, Any]) -> dict[st
         "num_attention_heads": heads,
         "num_key_value_heads": kv,
         "hidden_act": "silu",
-        "max_position_embeddings": int(t.get("max_position_embeddings", 2048)),
+        "max_position_embeddings": positions,
         "rope_theta": float(
             t.get("rope_theta") or (t.get("rope_parameters") or {}).get("rope_theta", 10000.0)
         ),
