@@ -41,7 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "benchmarks" / "students"
-DEFAULT_STUDENTS = ("dense", "moe_windowed", "moe_windowed_w128")
+DEFAULT_STUDENTS = ("dense", "moe_windowed", "moe_all_windowed_w128")
 BASELINE = "dense"  # relative columns compare every student with this one
 TEACHER = "builtin:teacher"
 CONTEXTS = (512, 4096, 16384)  # byte model contexts (the speed half's contexts)
@@ -55,6 +55,7 @@ SAME_TRAINING = ("steps", "batch_size", "grad_accum", "lr", "min_lr_ratio", "war
 class Run:
     out: Path
     steps: int
+    seed: int
     threads: int
     eval_seqs: int | None  # None: all held-out sequences
     ctx: int
@@ -68,7 +69,8 @@ class Run:
         from qwen2_edge.distill.config import DEMO_CONFIG
 
         return replace(
-            DEMO_CONFIG, steps=self.steps, eval_max_seqs=self.eval_seqs, eval_at_start=False, progress=False
+            DEMO_CONFIG, steps=self.steps, seed=self.seed, eval_max_seqs=self.eval_seqs, eval_at_start=False,
+            progress=False,
         )
 
 
@@ -251,7 +253,8 @@ def markdown(rows: dict[str, dict], meta: dict) -> str:
         return r
 
     lines = [
-        f"Students distilled from {TEACHER} for {meta['steps']} steps each (same data, schedule, seed); "
+        f"Students distilled from {TEACHER} for {meta['steps']} steps each (same data, schedule, seed "
+        f"{meta.get('seed', 0)}); "
         f"{meta['threads']} torch thread(s); load average at start {meta['load_start']}.",
         "",
         "| student | layers: MoE / windows | params | active | ppl@256 | vs dense | KL@256 | ppl@512 | vs dense "
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--students", default=",".join(DEFAULT_STUDENTS), help="names in benchmarks/students/ or JSON paths")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)} (distill always runs)")
     ap.add_argument("--steps", type=int, default=60, help="distillation steps (the same for every student)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (batch order, router and expert noise)")
     ap.add_argument("--threads", type=int, default=1, help="torch / runtime threads (1 is fastest on a busy machine)")
     ap.add_argument("--eval-seqs", type=int, default=0, help="held-out sequences for ppl@256 (0 = all)")
     ap.add_argument("--ctx", type=int, default=512, help="chunk length of the long-context and int4 checks")
@@ -335,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown stage(s) {', '.join(sorted(unknown))} (have {', '.join(STAGES)})")
     stages = ["distill", *[s for s in STAGES if s in args.stages.split(",") and s != "distill"]]
     run = Run(
-        out=Path(args.out), steps=args.steps, threads=args.threads, eval_seqs=args.eval_seqs or None,
+        out=Path(args.out), steps=args.steps, seed=args.seed, threads=args.threads, eval_seqs=args.eval_seqs or None,
         ctx=args.ctx, chunks=args.chunks, method=args.method, retrain=args.retrain, log=log,
     )  # fmt: skip
     students = [resolve_student(x) for x in args.students.split(",") if x]
     meta = {
         "teacher": TEACHER,
         "steps": args.steps,
+        "seed": args.seed,
         "threads": args.threads,
         "load_start": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
@@ -349,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     old = run.out / "results.json"
     rows: dict[str, dict] = {}
-    if old.is_file():  # keep other students' rows from an earlier run with the same step count
+    if old.is_file():  # keep other students' rows from an earlier run with the same training
         prev = json.loads(old.read_text())
-        if prev.get("steps") == args.steps:
+        if (prev.get("steps"), prev.get("seed", 0)) == (args.steps, args.seed):
             rows = prev.get("students", {})
     for s in students:
         row: dict[str, Any] = {"spec_file": str(s.spec_path)}

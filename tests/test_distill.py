@@ -18,7 +18,7 @@ from qwen2_edge.cli import main
 from qwen2_edge.data import corpus
 from qwen2_edge.distill.api import load_data, load_teacher
 from qwen2_edge.distill.config import TrainConfig
-from qwen2_edge.distill.student import DEFAULT_STUDENT, build_student
+from qwen2_edge.distill.student import DEFAULT_STUDENT, StudentSpec, build_student, resolve_config
 from qwen2_edge.distill.trainer import train, weight_digest
 from qwen2_edge.errors import UserError
 
@@ -95,9 +95,11 @@ def test_cli_writes_a_loadable_moe_hybrid_checkpoint(tmp_path, hf_model, capsys)
     out = tmp_path / "student"
     args = ["distill", "--data", str(data), "--out", str(out), "--steps", "2", "--seq-len", "64",
             "--batch-size", "2", "--eval-max-seqs", "2", "--layers", "3", "--moe-layers", "0,2",
-            "--window", "16", "--window-layers", "1", "--no-progress", "--threads", "1"]  # fmt: skip
+            "--window", "16", "--window-layers", "1", "--no-progress", "--threads", "1",
+            "--max-position-embeddings", "8192"]  # fmt: skip
     assert main(args) == 0
     ck = open_checkpoint(out, need_tokenizer=True)
+    assert ck.spec.max_position_embeddings == 8192  # the flag reaches config.json
     assert [layer.attention.window for layer in ck.spec.layers] == [None, 16, None]
     assert [isinstance(layer.ffn, MoEFFN) for layer in ck.spec.layers] == [True, False, True]
     teacher = open_checkpoint("builtin:teacher")
@@ -126,6 +128,25 @@ def teacher_tokens(folder: Path) -> list[int]:
     from qwen2_edge.model.tokenizer import TextTokenizer
 
     return TextTokenizer(folder).encode("def f(x):\n    return x + 1\n")
+
+
+def test_student_max_position_embeddings_declares_context_without_changing_logits():
+    """A student may declare more RoPE positions than its teacher (long-context speed/memory benchmarks);
+    None keeps the teacher's. Guards: the field not reaching config.json, and a RoPE setup whose values
+    depend on it (the student's logits inside the trained positions must not change)."""
+    _, teacher = load_teacher("builtin:teacher")
+    t_cfg = teacher.config.to_dict()
+    assert resolve_config(DEFAULT_STUDENT, t_cfg)["max_position_embeddings"] == 2048  # the teacher's
+    long_spec = StudentSpec.from_dict({**DEFAULT_STUDENT.to_dict(), "max_position_embeddings": 32768})
+    assert resolve_config(long_spec, t_cfg)["max_position_embeddings"] == 32768
+    short, _ = build_student(DEFAULT_STUDENT, teacher, seed=0)
+    long, _ = build_student(long_spec, teacher, seed=0)
+    assert long.config.max_position_embeddings == 32768
+    ids = torch.arange(300)[None] * 7 % 4000  # past the 64-token window of layer 0
+    with torch.no_grad():
+        torch.testing.assert_close(long(input_ids=ids).logits, short(input_ids=ids).logits, rtol=0, atol=0)
+    with pytest.raises(UserError, match="max_position_embeddings must be >= 1, got 0"):
+        resolve_config(replace(DEFAULT_STUDENT, max_position_embeddings=0), t_cfg)
 
 
 def test_student_vocab_contradicting_teacher_is_one_line_error(tmp_path, capsys):
