@@ -59,7 +59,7 @@ def test_f32_logits_match_transformers(name, constgate, tmp_path):
     ref = ReferenceSession(constgate[name])
     ids = _ids(ref)
     want = ref.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
         s.reset()
         inc = np.concatenate([s.append(ids[:10])] + [s.append([t]) for t in ids[10:]])
@@ -139,7 +139,7 @@ def test_quantized_matches_our_dequantized_model(quant, constgate, tmp_path):
     deq = ReferenceSession(deq_path)
     flt = ReferenceSession(path)
     ids = _ids(flt)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     want = deq.logits(ids)
     err = np.abs(got - want).max(-1)  # per position
@@ -218,7 +218,7 @@ def test_distilled_constant_gate_student_exports_exactly(tmp_path):
     ids = ref.encode(corpus.heldout_text()[40000:60000])[:200]
     assert len(ids) == 200 and ckpt.spec.max_window == 64
     want = ref.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     err = np.abs(got - want).max()
     print(f"distilled default student f32 granite_swa: max|dlogit| {err:.2e} over 200 tokens")
