@@ -1,7 +1,7 @@
 """Does a windowed layer cost its window? Decode speed, prefill speed, KV bytes and RSS at w, 2w, 4w, 8w, 16w.
 
     python -m benchmarks.window_cost ARTIFACT... [--kv-cache f16,q8_0] [--multiples 1,2,4,8,16]
-        [--window W] [--gen 32] [--rounds 3] [--threads 2] [--json OUT]
+        [--window W] [--gen 32] [--rounds 5] [--threads 2] [--no-memory] [--json OUT]
 
 Any artifact `qwen2_edge.runtimes.registry.open_session` opens (GGUF in llama.cpp, ONNX folder in
 onnxruntime, checkpoint in transformers), at each requested KV-cache precision (default: the runtime's own).
@@ -14,8 +14,11 @@ the decoded tokens). Each round refills every session from an empty cache (prefi
 tokens, timed), then decodes `--gen` greedy tokens with the sessions taking turns token by token, so load
 from other processes on a shared machine falls on every context alike. Only `append()` is timed; decode
 speed is 1 / the median time of a step over all rounds (a step preempted by a neighbour is an outlier, not
-a trend), prefill speed the median over rounds. KV bytes are the session's own `kv_cache_bytes()` (None where the runtime does not
-report them); llama.cpp sessions also give the full / sliding split (`kv_cache_usage()`).
+a trend), prefill speed the median over rounds.
+KV: "buffers" is the session's own `kv_cache_bytes()`, the bytes of the KV buffers the runtime holds (llama.cpp:
+allocated at creation, full layers n_ctx cells, sliding layers their ring; onnxruntime: the buffers bound
+now); "held" (llama.cpp, `kv_cache_usage()`) is what the sequence holds now in the full-attention and the
+sliding layers, measured by llama.cpp's state serializer: a windowed layer's share stops growing at w.
 Memory: each context again in a fresh child process (same n_ctx): peak RSS (VmHWM) after filling it.
 """
 
@@ -177,7 +180,7 @@ def report(path: str, w: int, n_ctx: int, t: dict[str, Any], mem: dict[int, Any]
         f"\n{path}: {t['runtime']}, KV cache {t['kv_cache']}, window {w}, n_ctx {n_ctx}"
         + (f", n_ubatch {t['n_ubatch']}" if t["n_ubatch"] else ""),
         f"{'context':>8} {'x w':>4} {'decode tok/s':>12} {'ms/token':>9} {'vs 1x':>6} {'prefill tok/s':>13} "
-        f"{'KV MiB':>7} {'full':>7} {'sliding':>8} {'/sliding layer':>14} {'peak RSS MiB':>12}",
+        f"{'buffers MiB':>11} {'held: full':>10} {'sliding':>8} {'per sliding layer':>17} {'peak RSS MiB':>12}",
     ]
     for c, r in rows.items():
         kv = r.get("kv") or {}
@@ -186,14 +189,15 @@ def report(path: str, w: int, n_ctx: int, t: dict[str, Any], mem: dict[int, Any]
         lines.append(
             f"{c:>8} {c / w:>4.0f} {r['decode_tok_s']:>12.1f} {1e3 / r['decode_tok_s']:>9.3f} "
             f"{rows[first]['decode_tok_s'] / r['decode_tok_s']:>6.2f} {r['prefill_tok_s']:>13.1f} "
-            f"{_mib(r['kv_bytes']):>7} {_mib(full and full['held_bytes']):>7} {_mib(sl and sl['held_bytes']):>8} "
-            f"{_mib(per):>14} {mem[c]['peak_rss_mb'] if c in mem else float('nan'):>12.1f}"
+            f"{_mib(r['kv_bytes']):>11} {_mib(full and full['held_bytes']):>10} "
+            f"{_mib(sl and sl['held_bytes']):>8} {_mib(per):>17} "
+            f"{mem[c]['peak_rss_mb'] if c in mem else float('nan'):>12.1f}"
         )
-    alloc = {k: (v["cells"], v["allocated_mib"]) for k, v in (rows[first].get("kv") or {}).items()}
+    alloc = {k: (v["cells"], v["allocated_bytes"]) for k, v in (rows[first].get("kv") or {}).items()}
     if alloc:
         lines.append(
             "allocated at creation (llama.cpp's report, cells per layer / MiB): "
-            + ", ".join(f"{k} {c} / {m}" for k, (c, m) in alloc.items())
+            + ", ".join(f"{k} {c} / {_mib(b)}" for k, (c, b) in alloc.items())
         )
     return "\n".join(lines)
 

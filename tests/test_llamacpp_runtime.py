@@ -104,23 +104,26 @@ def test_deployed_caches_differ_from_f32_by_their_measured_amount(kv, wide):
 
 
 def test_kv_bytes_of_a_windowed_layer_stop_growing_at_the_window(wide):
-    """kv_cache_bytes is llama.cpp's own count of the K/V bytes the sequence holds: the sliding layers' share
-    is flat from the window on, the full-attention layer's grows one row per token."""
+    """What the sequence holds, counted by llama.cpp's state serializer: the sliding layers' share is flat
+    from the window on, the full-attention layer's grows one row per token. The buffers (kv_cache_bytes)
+    are allocated at creation: n_ctx cells for the full layer, the 256-cell ring for each sliding one."""
     from qwen2_edge.runtimes.llamacpp import LlamaCppSession
 
     _, gguf, ref = wide
     ids = _heldout(ref, 8 * WINDOW)
+    row = 2 * 32 * 2  # one cell of one layer: K and V, 1 KV head of 32, f16
     usage = {}
-    with LlamaCppSession(gguf, threads=2, kv_cache="f16") as s:
-        assert s.kv_cache_bytes() == 0
+    with LlamaCppSession(gguf, threads=2, kv_cache="f16", n_ctx=1024) as s:
+        allocated = s.kv_cache_bytes()
+        assert abs(allocated - row * (1024 + 2 * 256)) <= 2 * 0.005 * 2**20  # llama.cpp reports 0.01 MiB
         for n in (WINDOW // 2, WINDOW, 2 * WINDOW, 8 * WINDOW):
             s.append(ids[s.n_cached : n])
             usage[n] = s.kv_cache_usage()
-            assert s.kv_cache_bytes() == usage[n]["full"].held_bytes + usage[n]["sliding"].held_bytes
-    row = 2 * 32 * 2  # one cell of one layer: K and V, 1 KV head of 32, f16
+            assert s.kv_cache_bytes() == allocated
     assert [usage[n]["sliding"].held_bytes for n in usage] == [2 * row * WINDOW // 2] + [2 * row * WINDOW] * 3
     assert [usage[n]["full"].held_bytes for n in usage] == [row * n for n in usage]
-    assert (usage[8]["full"].layers, usage[8]["sliding"].layers) == (1, 2)
+    u = usage[WINDOW]
+    assert (u["full"].layers, u["full"].cells, u["sliding"].layers, u["sliding"].cells) == (1, 1024, 2, 256)
 
 
 def test_defaults_are_what_llama_cpp_deploys(fixture_dir, tmp_path):

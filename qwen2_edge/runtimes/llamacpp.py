@@ -187,8 +187,10 @@ class KvCacheUsage:
 
     layers: int
     cells: int | None  # cells allocated per layer at creation, as llama.cpp reported them
-    allocated_mib: float | None  # K + V buffers of all its layers, as llama.cpp reported them (MiB)
-    held_bytes: int  # K/V bytes the sequence holds in it now (llama.cpp's state serializer)
+    # K + V buffers of all its layers, allocated (and zeroed) at creation, as llama.cpp reported them: to
+    # 0.01 MiB, the precision of its report
+    allocated_bytes: int | None
+    held_bytes: int  # K/V bytes the sequence holds in it now, exact (llama.cpp's state serializer)
 
 
 # What llama.cpp's KV-cache constructors log (llama-kv-cache.cpp, llama-kv-cache-iswa.cpp, pinned).
@@ -281,11 +283,13 @@ class LlamaCppSession(Session):
         head size that is not a multiple, with a log line only; say it in one line instead."""
         block = cache.block[0]
         m = self.meta
-        head = m.get("attention.key_length") or m["embedding_length"] // m["attention.head_count"]
-        if head % block:
-            ok = ", ".join(k for k, c in CACHE_TYPES.items() if head % c.block[0] == 0)
+        default = m["embedding_length"] // m["attention.head_count"]
+        sizes = {m.get("attention.key_length", default), m.get("attention.value_length", default)}
+        bad = sorted(h for h in sizes if h % block)
+        if bad:
+            ok = ", ".join(k for k, c in CACHE_TYPES.items() if all(h % c.block[0] == 0 for h in sizes))
             raise UnsupportedError(
-                f"llama.cpp cannot hold a {self.kv_cache} KV cache for this model: its head size {head} is "
+                f"llama.cpp cannot hold a {self.kv_cache} KV cache for this model: its head size {bad[0]} is "
                 f"not a multiple of {self.kv_cache}'s block of {block} (choose {ok})",
                 self.path,
             )
@@ -329,8 +333,8 @@ class LlamaCppSession(Session):
         return out
 
     def kv_cache_usage(self) -> dict[str, KvCacheUsage]:
-        """llama.cpp's KV caches ("full", "sliding"): layers, cells and MiB it allocated at creation (from
-        its own report), and the K/V bytes the sequence holds in each now. Held bytes are measured by
+        """llama.cpp's KV caches ("full", "sliding"): layers, the cells and bytes it allocated at creation
+        (its own report), and the K/V bytes the sequence holds in each now. Held bytes are measured by
         llama.cpp's state serializer without copying anything: the state's size minus its size without
         tensor data (LLAMA_STATE_SEQ_FLAGS_ON_DEVICE), for all caches and for the sliding one alone
         (..._PARTIAL_ONLY). A sliding layer holds only the cells its window still sees."""
@@ -355,9 +359,12 @@ class LlamaCppSession(Session):
             out["sliding"] = KvCacheUsage(n_sliding, *alloc.get("sliding", (None, None)), sliding)
         return out
 
-    def kv_cache_bytes(self) -> int:
-        """K/V bytes llama.cpp holds for the sequence now (see `kv_cache_usage`)."""
-        return sum(u.held_bytes for u in self.kv_cache_usage().values())
+    def kv_cache_bytes(self) -> int | None:
+        """Bytes of the KV buffers llama.cpp allocated for this session, as it reported them (0.01 MiB):
+        full-attention layers n_ctx cells, sliding layers their ring, whatever the context so far (it
+        allocates and zeroes them at creation). What the sequence holds now: `kv_cache_usage`."""
+        sizes = [u.allocated_bytes for u in self.kv_cache_usage().values()]
+        return None if None in sizes else sum(sizes)
 
     # -- text -------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -403,13 +410,13 @@ class LlamaCppSession(Session):
             self.llm = None
 
 
-def _allocated_caches(log: list[str]) -> dict[str, tuple[int, float]]:
-    """(cells, MiB) per cache ("full" / "sliding") from llama.cpp's creation log; {} if it said nothing."""
-    out: dict[str, tuple[int, float]] = {}
+def _allocated_caches(log: list[str]) -> dict[str, tuple[int, int]]:
+    """(cells, bytes) per cache ("full" / "sliding") from llama.cpp's creation log; {} if it said nothing."""
+    out: dict[str, tuple[int, int]] = {}
     kind = "full"
     for line in log:
         if m := _LOG_ISWA.search(line):
             kind = "sliding" if m.group(1) == "SWA" else "full"
         elif m := _LOG_SIZE.search(line):
-            out[kind] = (int(m.group(2)), float(m.group(1)))
+            out[kind] = (int(m.group(2)), round(float(m.group(1)) * 2**20))
     return out
