@@ -188,3 +188,47 @@ def test_byte_model_reads_the_model_once(name, hybrids, tmp_path):
     inv = inventory(result.path, "gguf")
     assert inv.geometry.expert_fraction == 3 / 6 if name.endswith("k3") else 2 / 8
     assert bytes_per_token(inv, 1).weights == expected
+
+
+@pytest.mark.slow  # ~45 s: a 3-step distillation from the built-in teacher
+def test_distilled_constant_gate_student_exports_exactly(tmp_path):
+    """The demo's default student (MoE hybrid, 64-token window, norm_topk_prob, shared_gate="constant"),
+    distilled a few steps from the built-in teacher: its gate is still exactly zero, and its GGUF is step35
+    and matches transformers over 512 tokens (8x the window), prefill and decode (measured on the demo's
+    60-step student: 4.3e-5 both)."""
+    import torch
+
+    from qwen2_edge.data import corpus
+    from qwen2_edge.distill.api import distill
+    from qwen2_edge.distill.config import TrainConfig
+    from qwen2_edge.distill.student import DEFAULT_STUDENT
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.runtimes.reference import ReferenceSession
+
+    assert DEFAULT_STUDENT.shared_gate == "constant" and DEFAULT_STUDENT.norm_topk_prob
+    data = tmp_path / "data.txt"
+    data.write_text(corpus.heldout_text()[:40000])
+    cfg = TrainConfig(steps=3, batch_size=2, warmup=1, lr=5e-3, eval_max_seqs=2, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = distill("builtin:teacher", DEFAULT_STUDENT, [data], tmp_path / "student", cfg, seq_len=64)
+    finally:
+        torch.set_num_threads(threads)
+    result, ckpt = _export(out, tmp_path, "f32")
+    gate = ckpt.tensor("model.layers.0.mlp.shared_expert_gate.weight")
+    assert not gate.any()  # frozen at zero through training
+    # ... while the rest of the MoE layer did train
+    assert ckpt.tensor("model.layers.0.mlp.gate.weight").abs().sum() > 0
+    assert architecture(result.path) == "step35"
+    ref = ReferenceSession(out)
+    ids = ref.encode(corpus.heldout_text()[40000:80000])[:512]
+    assert len(ids) == 512 and ckpt.spec.max_window == 64
+    want = ref.logits(ids)
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
+        got = s.logits(ids)
+        s.reset()
+        inc = np.concatenate([s.append(ids[:64])] + [s.append([t]) for t in ids[64:]])
+    err, err_inc = np.abs(got - want).max(), np.abs(inc - want).max()
+    print(f"distilled default student f32 step35: max|dlogit| prefill {err:.2e}, decode {err_inc:.2e} over 512")
+    assert err <= STEP35_TOL and err_inc <= STEP35_TOL
