@@ -210,12 +210,21 @@ def _reference_forward(ref, ids: list[int], want_router: bool) -> tuple[np.ndarr
     return out.logits[0].float().numpy(), routers
 
 
-def _open(item: str | Path | Session, threads: int | None) -> Session:
+def _open(item: str | Path | Session, threads: int | None, n_ctx: int) -> Session:
     if isinstance(item, Session):
         return item
+    from ..runtimes.options import RuntimeOptions
     from ..runtimes.registry import open_session
 
-    return open_session(item, threads=threads)
+    # An f32 KV cache whatever the runtime's default (llama.cpp: f16): the check measures the weights.
+    # n_ctx: what the check feeds, not the model's limit (llama.cpp allocates its cache up front).
+    return open_session(item, options=RuntimeOptions(threads=threads, kv_cache="f32", n_ctx=n_ctx))
+
+
+def _tokens_needed(spec, opts: CheckOptions) -> int:
+    """The longest sequence a session sees: a chunk, or a greedy prompt with its generation."""
+    need = max(opts.ctx or default_ctx(spec), opts.greedy_prompt_tokens + opts.greedy_new_tokens)
+    return min(need, spec.max_position_embeddings)  # _run refuses a longer --ctx in one line
 
 
 def check_artifacts(
@@ -236,7 +245,7 @@ def check_artifacts(
     ref = model if isinstance(model, Session) else ReferenceSession(model, threads=opts.threads)
     if not isinstance(ref, ReferenceSession):
         raise UserError("the reference must be a Hugging Face checkpoint (transformers, float32)", ref.path)
-    sessions = [_open(a, opts.threads) for a in artifacts]
+    sessions = [_open(a, opts.threads, _tokens_needed(ref.spec, opts)) for a in artifacts]
     try:
         return _run(ref, sessions, opts)
     finally:
