@@ -25,6 +25,11 @@ Stages:
   (mean KLD, perplexity change, top-1); file bytes, and the bytes one decode step reads at 512 / 4096 /
   16384 tokens of context from the ONNX artifact's own tensors (`bench.bytes_per_token`, f16 KV cache) -
   computed, not timed; the speed/memory half measures it.
+
+Default students: (a) dense (the teacher's layers 0 and 3, full attention), (b) moe_windowed (MoE layer 0
+with a narrower shared expert so active parameters match (a) within 0.5%, 64-token window on layer 0),
+(c) moe_all_windowed_w128 (b's layers, both windowed at 128). About 2 minutes per student at 60 steps on an
+idle 2-core machine with 1 thread. Measured results and the variants tried: benchmarks/student_tradeoff_results.md.
 """
 
 from __future__ import annotations
