@@ -76,4 +76,5 @@ def group_query_attention(
         local_window_size=ort_local_window(layer.attention.window),
         do_rotary=1,
         rotary_interleaved=0,
+        **({"sliding_window_cache": 1} if layer.attention.window is not None else {}),
     )[0]

@@ -11,18 +11,22 @@ from .attention import group_query_attention, rotary_caches
 from .embedding import embedding, lm_head
 from .ffn import swiglu_mlp
 from .graph import FLOAT, INT32, INT64, Graph
+from .kv_cache import past_names, present_names
 from .linear import linear
 from .moe import sparse_moe_block
 from .norms import rms_norm, skip_rms_norm
 from .weights import Weights
 
 
-def past_names(i: int) -> tuple[str, str]:
-    return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-
-
-def present_names(i: int) -> tuple[str, str]:
-    return f"present.{i}.key", f"present.{i}.value"
+def kv_cache_shape(spec, layer, side: str) -> list[int | str]:
+    """Full-attention layers: [batch, kv_heads, past/total sequence, head_dim]. Sliding layers hold a
+    window-sized buffer (GroupQueryAttention sliding_window_cache, kv_cache.py) whose length is its own
+    symbolic dim, so shape inference never unifies it with the full layers' growing one."""
+    if layer.attention.window is not None:
+        seq = "sliding_cache_length"
+    else:
+        seq = "past_sequence_length" if side == "past" else "total_sequence_length"
+    return ["batch_size", spec.num_kv_heads, seq, spec.head_dim]
 
 
 def build_decoder(w: Weights) -> Graph:
@@ -30,15 +34,13 @@ def build_decoder(w: Weights) -> Graph:
     g = Graph()
     ids = g.add_input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.add_input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
-    kv_shape = ["batch_size", spec.num_kv_heads, "past_sequence_length", spec.head_dim]
-    for i in range(spec.num_layers):
-        for name in past_names(i):
-            g.add_input(name, FLOAT, kv_shape)
+    for layer in spec.layers:
+        for name in past_names(layer.index):
+            g.add_input(name, FLOAT, kv_cache_shape(spec, layer, "past"))
     g.add_output("logits", FLOAT, ["batch_size", "sequence_length", spec.vocab_size])
-    present_shape = ["batch_size", spec.num_kv_heads, "total_sequence_length", spec.head_dim]
-    for i in range(spec.num_layers):
-        for name in present_names(i):
-            g.add_output(name, FLOAT, present_shape)
+    for layer in spec.layers:
+        for name in present_names(layer.index):
+            g.add_output(name, FLOAT, kv_cache_shape(spec, layer, "present"))
 
     seqlens_k, total_len = _attention_lengths(g, mask)
     rotary = rotary_caches(g, spec)

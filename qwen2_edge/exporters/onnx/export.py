@@ -66,15 +66,20 @@ def export_onnx(
     size = sum(t.ByteSize() for t in graph.initializers.values())
     external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
     plan = qmodel.plan() if qmodel is not None else _float_plan(ckpt, quant)
+    ops = graph.op_counts()
     with atomic_dir(out, force) as tmp:
         _save(model, tmp, external)
+        del model, graph  # the graph's weights are on disk now; calibration loads them again
         for name in COPIED_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copy(ckpt.path / name, tmp / name)
         (tmp / "genai_config.json").write_text(
             json.dumps(genai_config(ckpt.spec, MODEL_FILE, threads), indent=2)
         )
-        manifest = _manifest(ckpt, quant, weights, graph.op_counts(), plan, external)
+        manifest = _manifest(ckpt, quant, weights, ops, plan, external)
+        calibration = _kv_calibration(ckpt, tmp / MODEL_FILE, threads)
+        if calibration is not None:
+            manifest["kv_cache_scales"] = calibration
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     nbytes = sum(f.stat().st_size for f in out.iterdir() if f.name in (MODEL_FILE, DATA_FILE))
     return ExportResult(
@@ -88,9 +93,36 @@ def export_onnx(
         notes=[
             f"compute float32; {'float16' if quant == 'f16' else 'float32'} float weights"
             + (f"; MatMulNBits/QMoE accuracy_level={level}" if qmodel is not None else ""),
-            "ops: " + ", ".join(f"{k}={v}" for k, v in sorted(graph.op_counts().items())),
+            "ops: " + ", ".join(f"{k}={v}" for k, v in sorted(ops.items())),
         ],
     )
+
+
+def _kv_calibration(ckpt: Checkpoint, model_path: Path, threads: int | None) -> dict[str, Any] | None:
+    """Per-channel |max| of the artifact's own cached keys and values on the built-in training text: what
+    the q8_0 / q4_0 KV caches (GroupQueryAttention's static per-channel scales) are sized from. None for a
+    checkpoint without a tokenizer (those caches are then refused at run time, naming the reason)."""
+    from ...data.corpus import train_texts
+    from ...model.tokenizer import TextTokenizer
+    from .kv_cache import CALIBRATION_TOKENS, calibrate_kv_absmax
+
+    if not (ckpt.path / "tokenizer.json").is_file():
+        return None
+    tokenizer, ids = TextTokenizer(ckpt.path), []
+    for text in train_texts():
+        ids += tokenizer.encode(text)
+        if len(ids) >= CALIBRATION_TOKENS:
+            break
+    ids = ids[:CALIBRATION_TOKENS]
+    absmax = calibrate_kv_absmax(model_path, ids, threads)
+    return {
+        "text": "built-in corpus, training modules",
+        "tokens": len(ids),
+        "absmax": {
+            str(i): {"k": [float(f"{x:.6g}") for x in k], "v": [float(f"{x:.6g}") for x in v]}
+            for i, (k, v) in absmax.items()
+        },
+    }
 
 
 def _save(model, folder: Path, external: bool) -> None:

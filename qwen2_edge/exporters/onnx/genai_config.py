@@ -5,18 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from ...model.spec import ModelSpec
+from .kv_cache import WINDOW_CACHE_SLACK
 
 
 def genai_config(spec: ModelSpec, filename: str = "model.onnx", threads: int | None = None) -> dict[str, Any]:
-    """Every layer keeps a full-length KV cache (sliding layers are masked inside GroupQueryAttention by
-    local_window_size), so no `sliding_window` section: genai's windowed cache would need the
-    `sliding_window_cache` kernel mode, which we do not use. Both families run as genai's decoder-only
+    """Sliding layers hold window-sized KV buffers (GroupQueryAttention sliding_window_cache): the
+    `sliding_window` section tells genai which layers and how many rows (window + cache_slack; one size, the
+    largest window, which every sliding layer's kernel accepts since capacity >= its own window). Full layers
+    keep max_length buffers shared between past and present. Both families run as genai's decoder-only
     "qwen2" pipeline: genai only drives the graph I/O, the MoE blocks are inside the graph."""
     eos = list(spec.eos_token_id)
     session_options: dict[str, Any] = {"log_id": "onnxruntime-genai", "provider_options": []}
     if threads:
         session_options["intra_op_num_threads"] = threads
-    return {
+    config = {
         "model": {
             "bos_token_id": spec.bos_token_id if spec.bos_token_id is not None else (eos[0] if eos else 0),
             "context_length": spec.max_position_embeddings,
@@ -62,3 +64,13 @@ def genai_config(spec: ModelSpec, filename: str = "model.onnx", threads: int | N
             "top_p": 1.0,
         },
     }
+    sliding = [i for i, w in enumerate(spec.windows) if w is not None]
+    if sliding:
+        config["model"]["decoder"]["sliding_window"] = {
+            "window_size": spec.max_window,
+            "slide_key_value_cache": False,
+            "slide_inputs": False,
+            "layers": sliding,
+            "cache_slack": WINDOW_CACHE_SLACK,
+        }
+    return config
