@@ -197,6 +197,30 @@ def test_deployed_row_decodes_token_by_token_and_matches_prefill_at_f32(fixture_
     assert 0 < int8.deployed.summary["kld_mean"] < 1e-3
 
 
+def test_deployed_row_at_quantized_onnx_caches_orders_by_precision(fixture_dir, tmp_path):
+    """onnxruntime holds f16 / q8_0 / q4_0 caches: the deployed row measures each (more error as the cache
+    gets coarser) while the gated row, with its f32 cache, stays the weights' own number."""
+    from qwen2_edge.exporters.api import export_model
+    from qwen2_edge.validation.compare import CheckOptions, check_artifacts
+
+    from qwen2_edge.runtimes.reference import ReferenceSession
+
+    src = fixture_dir("dense_untied")
+    onnx = export_model(src, fmt="onnx", quant="f32", out=tmp_path / "du-onnx").path
+    ref = ReferenceSession(src)
+    gated, deployed = set(), []
+    for kv in ("f16", "q8_0", "q4_0"):
+        opts = CheckOptions(ctx=48, chunks=1, greedy_prompts=1, greedy_new_tokens=6, progress=False, kv_cache=kv)
+        (a,) = check_artifacts(ref, [onnx], opts).artifacts
+        assert a.kv_cache == "f32" and a.passed and a.deployed.measured and a.deployed.kv_cache == kv
+        gated.add(a.summary["kld_mean"])
+        deployed.append(a.deployed.summary["kld_mean"])
+    # measured: gated 9.8e-15 each time; deployed f16 4.2e-10, q8_0 1.5e-6, q4_0 4.5e-5
+    assert len(gated) == 1 and max(gated) < 1e-12
+    assert max(gated) < deployed[0] < deployed[1] < deployed[2] < 1e-3
+    assert deployed[1] > 1e2 * deployed[0] and deployed[2] > 10 * deployed[1]
+
+
 # -- bench --contexts -------------------------------------------------------------------------------
 def _expected_kv_bytes(fmt: str, kv: str, context: int) -> int:
     """The sliding fixture's cache with `context` tokens: layer 0 keeps all of them, layers 1 and 2 their
@@ -284,7 +308,7 @@ def test_window_sweep_is_contexts_w_4w_8w(sliding_exports):
     (p,) = prepare_artifacts(art, BenchOptions(), kv_caches=["f32"])
     assert p.target.kv_cache == "f32"
     (p,) = prepare_artifacts(art, BenchOptions())
-    assert p.target.kv_cache == LlamaCppSession.default_kv_cache
+    assert p.target.kv_cache is None  # the session picks its default (an ONNX graph's depends on the graph)
 
 
 # -- pipeline ---------------------------------------------------------------------------------------

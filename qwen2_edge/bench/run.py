@@ -95,7 +95,8 @@ def _prepare(a: Artifact, opts: BenchOptions) -> Prepared:
 
     p = resolve_model_path(a.path)
     session_cls = _session_class(a, p)
-    kv = kv_cache_choice(session_cls, p, a.kv_cache if a.kv_cache is not None else opts.kv_cache)
+    kv = a.kv_cache if a.kv_cache is not None else opts.kv_cache
+    kv_cache_choice(session_cls, p, kv)  # refused here; None stays None: the session picks its default
     inv = inventory(p, session_cls.format)
     sweep_on = opts.window_sweep if a.window_sweep is None else a.window_sweep
     # The window sweep is the same measurement at w, 4w, 8w: by default when no --contexts are given.

@@ -289,38 +289,55 @@ def _session_ctx(opts: CheckOptions, ctx: int) -> int:
     return max(ctx, opts.greedy_prompt_tokens + opts.greedy_new_tokens) + 8
 
 
-def _kv_plan(artifacts: list[str | Path | Session], opts: CheckOptions) -> list[tuple[Any, str | None, str]]:
-    """(artifact, gated cache, deployed cache) for each; a bad path or a cache type its runtime lacks is
-    refused here, from the runtime tables, before anything is loaded."""
+def _kv_plan(artifacts: list[str | Path | Session], opts: CheckOptions) -> list[str | Path | Session]:
+    """A bad path, or a cache type an artifact's runtime lacks, is refused here from the runtime tables
+    before anything is loaded."""
     from ..runtimes.registry import resolve_kv_cache
 
-    plan = []
     for item in artifacts:
-        if isinstance(item, Session):  # given as is: its own cache, no deployed twin
-            plan.append((item, None, item.kv_cache))
-        else:
-            plan.append((item, resolve_kv_cache(item, "f32"), resolve_kv_cache(item, opts.kv_cache)))
-    return plan
+        if not isinstance(item, Session):
+            resolve_kv_cache(item, "f32")
+            resolve_kv_cache(item, opts.kv_cache)
+    return list(artifacts)
 
 
-def _open_candidates(
-    plan: list[tuple[Any, str | None, str]], opts: CheckOptions, n_ctx: int
-) -> list[_Candidate]:
+def _open_candidate(item: str | Path | Session, opts: CheckOptions, n_ctx: int) -> _Candidate:
+    """The gated (f32-cache) session and, where the deployed cache differs (or opts.deployed forces it),
+    a second one at the deployed cache. A runtime's default can depend on the artifact (an ONNX graph is
+    built with its cache type), so without --kv-cache the default session is opened and asked."""
     from ..runtimes.options import RuntimeOptions
     from ..runtimes.registry import open_session
 
+    if isinstance(item, Session):  # given as is: its own cache, no deployed twin
+        return _Candidate(item, item, item.kv_cache)
+
+    def session(kv: str | None) -> Session:
+        return open_session(item, options=RuntimeOptions(opts.threads, kv, n_ctx))
+
+    first = session(opts.kv_cache)  # the deployed setting
+    deployed = first.kv_cache
+    if deployed == "f32":
+        c = _Candidate(item, first, deployed)
+        if opts.deployed:
+            c.deployed = session(opts.kv_cache)
+        return c
+    c = _Candidate(item, first, deployed, deployed=first)  # closed by the except below if the next fails
+    try:
+        c.session = session("f32")
+    except BaseException:
+        first.close()
+        raise
+    if opts.deployed is False:
+        first.close()
+        c.deployed = None
+    return c
+
+
+def _open_candidates(plan: list[str | Path | Session], opts: CheckOptions, n_ctx: int) -> list[_Candidate]:
     out: list[_Candidate] = []
     try:
-        for item, gated, deployed in plan:
-            if isinstance(item, Session):
-                out.append(_Candidate(item, item, deployed))
-                continue
-            c = _Candidate(
-                item, open_session(item, options=RuntimeOptions(opts.threads, gated, n_ctx)), deployed
-            )
-            out.append(c)
-            if opts.deployed or (opts.deployed is None and deployed != gated):
-                c.deployed = open_session(item, options=RuntimeOptions(opts.threads, deployed, n_ctx))
+        for item in plan:
+            out.append(_open_candidate(item, opts, n_ctx))
     except BaseException:
         for c in out:
             c.close()
