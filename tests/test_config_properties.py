@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,7 @@ from qwen2_edge.errors import UserError
 from qwen2_edge.model.families import transformers_class
 from qwen2_edge.model.spec import MoEFFN, spec_from_dict
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: conftest profile
 
 
 @st.composite
@@ -82,6 +83,12 @@ json_values = st.recursive(
     ),
     max_leaves=8,
 )
+
+
+def test_architectures_must_be_class_names():
+    """Found by Hypothesis (seed 13): a list of lists as `architectures` was a TypeError traceback."""
+    with pytest.raises(UserError, match="'architectures' must be a list of class names"):
+        spec_from_dict({"architectures": [["Qwen2ForCausalLM"]]})
 
 
 @SETTINGS

@@ -222,3 +222,39 @@ def test_teacher_kv_cache_kld(tmp_path):
         logp = torch.log_softmax(torch.tensor(got, dtype=torch.float64), -1)
         kld = (logp_ref.exp() * (logp_ref - logp)).sum(-1).mean().item()
         assert 0 < kld <= bound, (kv, kld)
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+def test_kv_cache_baked_at_export_runs_in_genai_like_ours(kv, fixture_dir, tmp_path):
+    """`export --kv-cache` writes the cache type into the graph (what onnxruntime-genai runs): genai's
+    greedy tokens over 9 windows equal our session's on the same folder, which defaults to that type."""
+    og = pytest.importorskip("onnxruntime_genai")
+    folder = export_onnx(open_checkpoint(fixture_dir("moe_sliding")), tmp_path / kv, "f32", kv_cache=kv).path
+    assert json.loads((folder / "manifest.json").read_text())["kv_cache"] == kv
+    ours = OnnxSession(folder)
+    assert ours.kv_cache == kv
+    prompt = IDS[:72]
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 12, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)
+    tokens = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        tokens.append(int(gen.get_next_tokens()[0]))
+    assert tokens == ours.greedy(prompt, 12)
+    from qwen2_edge.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match=f"holds a {kv} KV cache"):
+        OnnxSession(folder, kv_cache="f32")
+
+
+def test_export_kv_cache_flag_is_onnx_only(fixture_dir, tmp_path):
+    from qwen2_edge.exporters.api import export_model
+
+    with pytest.raises(UserError, match="the gguf format takes no --kv-cache"):
+        export_model(fixture_dir("dense"), fmt="gguf", quant="f32", out=tmp_path / "x.gguf", kv_cache="q8_0")
+    with pytest.raises(UserError, match="multiple of 32"):
+        export_model(fixture_dir("sliding"), fmt="onnx", quant="f32", out=tmp_path / "y", kv_cache="q4_0")
+    assert not (tmp_path / "y").exists()

@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--calib", action="append", default=[], metavar="FILE", help="calibration text file(s) for gptq"
     )
     p.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens for gptq")
+    p.add_argument(
+        "--kv-cache",
+        choices=["f32", "f16", "q8_0", "q4_0"],
+        default=None,
+        help="onnx only: the KV-cache type written into the graph, which onnxruntime-genai runs (default "
+        "f32; qwen2-edge run/bench/check can switch an f32 folder with their own --kv-cache)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument(
@@ -51,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         calib_tokens=args.calib_tokens,
         threads=args.threads,
         force=args.force,
+        kv_cache=args.kv_cache,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -69,18 +69,24 @@ def export_checkpoint(
     qmodel: QuantizedModel | None = None,
     force: bool = False,
     threads: int | None = None,
+    **options,
 ) -> ExportResult:
-    """Write one artifact. `qmodel` must be given when the quant type maps to one of our schemes."""
+    """Write one artifact. `qmodel` must be given when the quant type maps to one of our schemes;
+    `options` are format-specific exporter options (the registry lists which format takes which)."""
     from ..fsutil import check_free_space, check_output
 
     t0 = time.perf_counter()
     target = get_format(fmt)
+    target.check_options(options)
+    options = {k: v for k, v in options.items() if v is not None}
     scheme = target.scheme(quant)
     if scheme is not None and qmodel is None:
         raise ValueError(f"{fmt} {quant} needs a QuantizedModel")
     check_output(out, force)
     check_free_space(Path(out).parent, estimate_bytes(ckpt.spec, quant))
-    result = target.exporter()(ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads)
+    result = target.exporter()(
+        ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads, **options
+    )
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -98,12 +104,14 @@ def export_model(
     calib_tokens: int = 8192,
     threads: int | None = None,
     force: bool = False,
+    **options,
 ) -> ExportResult:
     """Open, quantize if the quant type needs it, and export: `qwen2-edge export` as a function."""
     from ..fsutil import check_output
 
     t0 = time.perf_counter()
     target = get_format(fmt)
+    target.check_options(options)
     scheme = target.scheme(quant, block_size)
     pol = make_policy(policy, overrides)
     check_output(out, force)  # fail before any expensive work
@@ -112,6 +120,8 @@ def export_model(
     qmodel = None
     if scheme is not None:
         qmodel = quantize_for_export(ckpt, scheme, method, pol, calib, calib_tokens)
-    result = export_checkpoint(ckpt, fmt, quant, out, qmodel=qmodel, force=force, threads=threads)
+    result = export_checkpoint(
+        ckpt, fmt, quant, out, qmodel=qmodel, force=force, threads=threads, **options
+    )
     result.seconds = time.perf_counter() - t0
     return result

@@ -47,6 +47,14 @@ class ExportFormat:
     fixed_block_size: int | None = None  # GGUF blocks are 32 wide
     asym: dict[str, str] = field(default_factory=dict)  # quant -> its asymmetric sibling
     precheck: str | None = None  # "module:function(ckpt, quant)": refuse early, before quantizing
+    # exporter keyword options beyond the common ones, with the flag a user types for each
+    options: dict[str, str] = field(default_factory=dict)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        for key, value in options.items():
+            if value is not None and key not in self.options:
+                flag = "--" + key.replace("_", "-")
+                raise UserError(f"the {self.name} format takes no {flag}")
 
     def check(self, ckpt, quant: str) -> None:
         if self.precheck:
@@ -85,6 +93,7 @@ FORMATS: dict[str, ExportFormat] = {
                 "int4_asym": QuantScheme(4, symmetric=False),
             },
             "qwen2_edge.exporters.onnx:export_onnx",
+            options={"kv_cache": "--kv-cache"},  # the graph's KV-cache type (what onnxruntime-genai runs)
         ),
         ExportFormat(
             "gguf",

@@ -116,6 +116,8 @@ def spec_from_dict(raw: dict[str, Any], path: Path = Path("config.json")) -> Mod
     archs = raw.get("architectures")
     if not archs or not isinstance(archs, list):
         raise CheckpointError("missing 'architectures'", path)
+    if not isinstance(archs[0], str):
+        raise CheckpointError(f"'architectures' must be a list of class names, got {archs!r}"[:200], path)
     family = FAMILIES.get(archs[0])
     if family is None:
         known = ", ".join(FAMILIES)

@@ -22,6 +22,7 @@ from ..exporters.onnx.kv_cache import (
     apply_kv_type,
     cache_layout,
     graph_kv_type,
+    kv_refusal,
     kv_type,
     past_names,
     present_names,
@@ -134,12 +135,9 @@ class OnnxSession(FolderTokenizerMixin, Session):
             )
         scales = None
         if self.kv.quantized:
-            if self.kv.bits == 4 and self.spec.head_dim % 32 and any(c.windowed for c in self.layout):
-                raise UnsupportedError(
-                    f"onnxruntime's 4-bit KV cache on sliding layers needs a head size that is a multiple of 32 "
-                    f"(this model: {self.spec.head_dim}); use --kv-cache q8_0",
-                    self.path,
-                )
+            refusal = kv_refusal(self.kv, self.spec.head_dim, any(c.windowed for c in self.layout))
+            if refusal:
+                raise UnsupportedError(refusal, self.path)
             calib = _manifest(self.path).get("kv_cache_scales")
             if not isinstance(calib, dict) or "absmax" not in calib:
                 raise ArtifactError(

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import UserError
+from ...errors import UnsupportedError, UserError
 from ...fsutil import atomic_dir
 from ...model.checkpoint import Checkpoint
 from ...quant.model import QuantizedModel
@@ -48,9 +48,21 @@ def export_onnx(
     threads: int | None = None,
     accuracy_level: int | None = None,
     external_data: bool | None = None,
+    kv_cache: str | None = None,
 ) -> ExportResult:
     """Write the ONNX folder atomically. f32/f16: float weights (f16 = float16 storage, float32 compute);
-    int8/int4: the quantized tensors of `qmodel` as MatMulNBits / QMoE / GatherBlockQuantized."""
+    int8/int4: the quantized tensors of `qmodel` as MatMulNBits / QMoE / GatherBlockQuantized.
+
+    `kv_cache` (f32 default, f16, q8_0, q4_0) is the KV-cache precision written into the graph, which is
+    what onnxruntime-genai runs; our OnnxSession can also switch an f32-cache folder at load time."""
+    from .kv_cache import KV_TYPE_NAMES, kv_refusal, kv_type
+
+    kv_cache = kv_cache or "f32"
+    if kv_cache not in KV_TYPE_NAMES:
+        raise UserError(f"unknown KV-cache type {kv_cache!r} (choose from {', '.join(KV_TYPE_NAMES)})")
+    refusal = kv_refusal(kv_type(kv_cache), ckpt.spec.head_dim, ckpt.spec.has_sliding)
+    if refusal:  # before any work
+        raise UnsupportedError(refusal, ckpt.path)
     if quant in ("f32", "f16"):
         if qmodel is not None:
             raise UserError(f"onnx {quant} export takes no quantized model")
@@ -80,6 +92,9 @@ def export_onnx(
         calibration = _kv_calibration(ckpt, tmp / MODEL_FILE, threads)
         if calibration is not None:
             manifest["kv_cache_scales"] = calibration
+        if kv_cache != "f32":
+            _bake_kv_cache(tmp / MODEL_FILE, ckpt.spec, kv_cache, calibration)
+        manifest["kv_cache"] = kv_cache
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     nbytes = sum(f.stat().st_size for f in out.iterdir() if f.name in (MODEL_FILE, DATA_FILE))
     return ExportResult(
@@ -123,6 +138,24 @@ def _kv_calibration(ckpt: Checkpoint, model_path: Path, threads: int | None) -> 
             for i, (k, v) in absmax.items()
         },
     }
+
+
+def _bake_kv_cache(model_path: Path, spec, kv_name: str, calibration: dict[str, Any] | None) -> None:
+    """Rewrite the saved graph's KV cache to `kv_name` (its weights stay where they are)."""
+    import onnx
+
+    from .kv_cache import apply_kv_type, kv_type, scales_from_absmax
+
+    kv = kv_type(kv_name)
+    scales = None
+    if kv.quantized:
+        if calibration is None:
+            raise UserError(f"a {kv_name} KV cache needs calibration text: the checkpoint has no tokenizer.json")
+        absmax = {int(i): (d["k"], d["v"]) for i, d in calibration["absmax"].items()}
+        scales = scales_from_absmax(kv, absmax)
+    model = onnx.load(str(model_path), load_external_data=False)
+    apply_kv_type(model, kv, scales)
+    onnx.save_model(model, str(model_path))  # external data (if any) is referenced, not rewritten
 
 
 def _save(model, folder: Path, external: bool) -> None:

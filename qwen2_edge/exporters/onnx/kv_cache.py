@@ -187,6 +187,17 @@ def apply_kv_type(model, kv: KVType, scales: dict[int, tuple[list[float], list[f
     graph.node.extend(new_nodes)
 
 
+def kv_refusal(kv: KVType, head_dim: int, has_windowed: bool) -> str | None:
+    """Why onnxruntime 1.32's CPU kernel cannot hold `kv` for this model, or None (measured: it rejects a
+    4-bit windowed cache whose head size is not a multiple of 32 at the first run)."""
+    if kv.bits == 4 and has_windowed and head_dim % 32:
+        return (
+            f"onnxruntime's 4-bit KV cache on sliding layers needs a head size that is a multiple of 32 "
+            f"(this model: {head_dim}); use --kv-cache q8_0"
+        )
+    return None
+
+
 def scales_from_absmax(kv: KVType, absmax: dict[int, tuple[list[float], list[float]]]):
     """Per-channel scales that map each channel's calibrated |max| to the type's largest code."""
     floor = 1e-6  # a channel that never moved (e.g. a zero-padded head) still needs a positive scale
