@@ -201,9 +201,8 @@ def test_deployed_row_at_quantized_onnx_caches_orders_by_precision(fixture_dir, 
     """onnxruntime holds f16 / q8_0 / q4_0 caches: the deployed row measures each (more error as the cache
     gets coarser) while the gated row, with its f32 cache, stays the weights' own number."""
     from qwen2_edge.exporters.api import export_model
-    from qwen2_edge.validation.compare import CheckOptions, check_artifacts
-
     from qwen2_edge.runtimes.reference import ReferenceSession
+    from qwen2_edge.validation.compare import CheckOptions, check_artifacts
 
     src = fixture_dir("dense_untied")
     onnx = export_model(src, fmt="onnx", quant="f32", out=tmp_path / "du-onnx").path
@@ -219,6 +218,23 @@ def test_deployed_row_at_quantized_onnx_caches_orders_by_precision(fixture_dir, 
     assert len(gated) == 1 and max(gated) < 1e-12
     assert max(gated) < deployed[0] < deployed[1] < deployed[2] < 1e-3
     assert deployed[1] > 1e2 * deployed[0] and deployed[2] > 10 * deployed[1]
+
+
+def test_onnx_folder_exported_with_its_own_cache_is_checked_at_that_cache(fixture_dir, tmp_path, capsys):
+    """An ONNX graph built with a q8_0 cache (export --kv-cache q8_0) cannot run f32: check gates its one
+    row at q8_0 and says so, instead of refusing the folder."""
+    from qwen2_edge.exporters.api import export_model
+
+    src = fixture_dir("dense_untied")
+    baked = export_model(src, fmt="onnx", quant="f32", out=tmp_path / "du-q8", kv_cache="q8_0").path
+    out = tmp_path / "c.json"
+    capsys.readouterr()
+    assert main(["check", str(src), str(baked), *FAST_CHECK, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    (a,) = doc["artifacts"]
+    assert a["kv_cache"] == "q8_0" and a["passed"] and 0 < a["kld_mean"] < 1e-3
+    assert a["deployed"]["kv_cache"] == "q8_0" and not a["deployed"]["measured"]
+    assert any("its gated row is at its own q8_0 KV cache" in n for n in doc["notes"])
 
 
 # -- bench --contexts -------------------------------------------------------------------------------

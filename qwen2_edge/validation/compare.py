@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UnsupportedError, UserError
 from ..runtimes.base import Session
 from .expert_load import ExpertLoad
 from .gates import DEFAULT_LIMITS, GATES, evaluate
@@ -276,6 +276,7 @@ class _Candidate:
     session: Session
     deployed_kv: str
     deployed: Session | None = None
+    note: str | None = None
 
     def close(self) -> None:
         if not isinstance(self.item, Session):
@@ -321,9 +322,14 @@ def _open_candidate(item: str | Path | Session, opts: CheckOptions, n_ctx: int) 
         if opts.deployed:
             c.deployed = session(opts.kv_cache)
         return c
-    c = _Candidate(item, first, deployed, deployed=first)  # closed by the except below if the next fails
+    c = _Candidate(item, first, deployed, deployed=first)
     try:
         c.session = session("f32")
+    except UnsupportedError as e:
+        # The artifact holds its own cache type (an ONNX graph exported with --kv-cache): no f32 run exists,
+        # so its one row, gated, is at that cache.
+        c.deployed, c.note = None, f"{e}; its gated row is at its own {deployed} KV cache"
+        return c
     except BaseException:
         first.close()
         raise
@@ -413,7 +419,7 @@ def _check_ctx(spec, opts: CheckOptions) -> int:
 
 def _run(ref, candidates: list[_Candidate], opts: CheckOptions, ctx: int) -> CheckResult:
     spec = ref.spec
-    notes: list[str] = []
+    notes: list[str] = [c.note for c in candidates if c.note]
     sessions = [c.session for c in candidates]
     if spec.has_sliding and ctx <= spec.max_window:
         notes.append(f"ctx {ctx} <= sliding window {spec.max_window}: windowed attention is not exercised")
