@@ -55,7 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="measure artifacts one after another instead of loading all and interleaving their rounds",
     )
     p.add_argument("--json", metavar="OUT", help="write machine + per-artifact results as JSON")
-    p.add_argument("--plot", metavar="OUT.png", help="write a bar chart of prefill/decode tokens/s")
+    p.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="write a chart of prefill/decode tokens/s (with contexts: decode tok/s and KV MB vs context)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--plot outputs")
 
 
