@@ -285,9 +285,10 @@ class _Candidate:
             self.deployed.close()
 
 
-def _session_ctx(opts: CheckOptions, ctx: int) -> int:
-    """Positions a check session must hold: a chunk, or a greedy prompt and its generation."""
-    return max(ctx, opts.greedy_prompt_tokens + opts.greedy_new_tokens) + 8
+def _session_ctx(opts: CheckOptions, ctx: int, spec) -> int:
+    """Positions a check session must hold: a chunk, or a greedy prompt and its generation (not the model's
+    limit: llama.cpp allocates its cache up front)."""
+    return min(max(ctx, opts.greedy_prompt_tokens + opts.greedy_new_tokens) + 8, spec.max_position_embeddings)
 
 
 def _kv_plan(artifacts: list[str | Path | Session], opts: CheckOptions) -> list[str | Path | Session]:
@@ -371,7 +372,7 @@ def check_artifacts(
     if not isinstance(ref, ReferenceSession):
         raise UserError("the reference must be a Hugging Face checkpoint (transformers, float32)", ref.path)
     ctx = _check_ctx(ref.spec, opts)
-    candidates = _open_candidates(plan, opts, _session_ctx(opts, ctx))
+    candidates = _open_candidates(plan, opts, _session_ctx(opts, ctx, ref.spec))
     try:
         return _run(ref, candidates, opts, ctx)
     finally:
