@@ -1,8 +1,12 @@
 """Qwen2-MoE as llama.cpp's granite_swa with experts, run in llama.cpp and checked against transformers.
 
-The fixture is `moe_sliding` (8 experts top-2, norm_topk_prob=true, window 8 on layers 0 and 2, layer 3
-dense via mlp_only_layers, tied embeddings, 1 KV head) with every shared_expert_gate set to zero, which is
-what a student distilled with shared_gate="constant" has. Tolerances as in test_gguf_export.py.
+Since step35 holds MoE hybrids with each dense layer once (tests/test_gguf_step35.py), granite_swa with
+experts is left with what step35 cannot run: MoE in every layer with sliding windows or renormalized top-k
+(same bytes read as step35, and a tied table stored once), and linear RoPE scaling (step35's sliding layers
+ignore it). Fixtures, every shared_expert_gate zeroed (what a student distilled with shared_gate="constant"
+has): `moe_sliding` with every layer MoE (8 experts top-2, norm_topk_prob, window 8 on layers 0 and 2,
+tied), and `moe` (layer 1 dense) with norm_topk_prob and linear RoPE scaling x2. Tolerances as in
+test_gguf_export.py.
 """
 
 from __future__ import annotations
@@ -27,19 +31,32 @@ def zero_shared_gates(folder) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-@pytest.fixture(scope="module")
-def constgate(tmp_path_factory):
-    """name -> checkpoint: "moe_sliding" and "moe" with zeroed shared-expert gates (the latter also with
-    norm_topk_prob=true, so that qwen2moe cannot hold it and it goes to granite_swa without windows)."""
-    from qwen2_edge.testing import FIXTURES, make_checkpoint
+def variant(base: str, seed: int | None = None, **config):
+    """A FixtureSpec: FIXTURES[base] with config keys replaced."""
+    from qwen2_edge.testing import FIXTURES
     from qwen2_edge.testing.fixtures import FixtureSpec
 
+    spec = FIXTURES[base]
+    return FixtureSpec(**{**spec.__dict__, "seed": spec.seed if seed is None else seed,
+                          "config": {**spec.config, **config}})  # fmt: skip
+
+
+def architecture(path) -> str:
+    from gguf import GGUFReader
+
+    return GGUFReader(str(path)).fields["general.architecture"].contents()
+
+
+@pytest.fixture(scope="module")
+def constgate(tmp_path_factory):
+    """name -> checkpoint with zeroed shared-expert gates that goes to granite_swa with experts."""
+    from qwen2_edge.testing import make_checkpoint
+
     root = tmp_path_factory.mktemp("constgate")
-    moe = FIXTURES["moe"]
     specs = {
-        "moe_sliding": FIXTURES["moe_sliding"],
-        "moe": FixtureSpec(**{**moe.__dict__, "config": {**moe.config, "norm_topk_prob": True}}),
-    }
+        "all_moe_sliding": variant("moe_sliding", mlp_only_layers=[]),
+        "moe_rope_linear": variant("moe", norm_topk_prob=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    }  # fmt: skip
     out = {}
     for name, spec in specs.items():
         out[name] = make_checkpoint(spec, root / name)
@@ -47,19 +64,20 @@ def constgate(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["moe_sliding", "moe"])
+@pytest.mark.parametrize("name", ["all_moe_sliding", "moe_rope_linear"])
 def test_f32_logits_match_transformers(name, constgate, tmp_path):
     """40 tokens (5x the window): prefill, and the same positions through the KV cache."""
     from qwen2_edge.runtimes.llamacpp import LlamaCppSession
     from qwen2_edge.runtimes.reference import ReferenceSession
 
     result, ckpt = _export(constgate[name], tmp_path, "f32")
+    assert architecture(result.path) == "granite_swa"
     assert any("granite_swa with experts" in n for n in result.notes)
     assert not ckpt.tensor("model.layers.0.mlp.shared_expert_gate.weight").any()
     ref = ReferenceSession(constgate[name])
     ids = _ids(ref)
     want = ref.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
         s.reset()
         inc = np.concatenate([s.append(ids[:10])] + [s.append([t]) for t in ids[10:]])
@@ -70,23 +88,35 @@ def test_f32_logits_match_transformers(name, constgate, tmp_path):
 
 
 def test_layout_is_granite_moe(constgate, tmp_path):
-    """Experts in every layer (the dense layer 3 as copies under a zero router), fused shared gate/up,
-    no shared-expert gate tensor, shared down projection halved, windows where transformers has them."""
+    """Experts in every layer, fused shared gate/up, no shared-expert gate tensor, shared down projection
+    halved, windows where transformers has them."""
     from gguf import GGUFReader
 
-    result, ckpt = _export(constgate["moe_sliding"], tmp_path, "f32")
+    result, ckpt = _export(constgate["all_moe_sliding"], tmp_path, "f32")
     r = GGUFReader(str(result.path))
     t = {x.name: np.asarray(x.data) for x in r.tensors}
     assert r.fields["general.architecture"].contents() == "granite_swa"
     assert r.fields["granite_swa.attention.sliding_window_pattern"].contents() == [True, False, True, False]
     assert all(f"blk.{i}.ffn_gate_exps.weight" in t for i in range(4))
     assert not any("ffn_gate_inp_shexp" in n or "ffn_gate_shexp" in n for n in t)
-    assert not t["blk.3.ffn_gate_inp.weight"].any() and not t["blk.3.ffn_down_shexp.weight"].any()
+    assert "output.weight" not in t  # granite reuses the tied token_embd
     g = ckpt.tensor("model.layers.0.mlp.shared_expert.gate_proj.weight").numpy()
     u = ckpt.tensor("model.layers.0.mlp.shared_expert.up_proj.weight").numpy()
     d = ckpt.tensor("model.layers.0.mlp.shared_expert.down_proj.weight").numpy()
     assert np.array_equal(t["blk.0.ffn_up_shexp.weight"], np.concatenate([g, u]))
     assert np.array_equal(t["blk.0.ffn_down_shexp.weight"], d / 2)
+
+
+def test_linear_rope_hybrid_pays_for_dense_copies(constgate, tmp_path):
+    """The one hybrid step35 cannot hold (linear RoPE scaling): granite_swa's dense layer 1 is E copies
+    under a zero router with an all-zero shared expert, and the note says what that costs."""
+    from gguf import GGUFReader
+
+    result, _ = _export(constgate["moe_rope_linear"], tmp_path, "f32")
+    t = {x.name: np.asarray(x.data) for x in GGUFReader(str(result.path)).tensors}
+    assert t["blk.1.ffn_gate_exps.weight"].shape[0] == 4 and not t["blk.1.ffn_gate_inp.weight"].any()
+    assert not t["blk.1.ffn_down_shexp.weight"].any()
+    assert any("identical routed experts" in n and "more read per decode step" in n for n in result.notes)
 
 
 def router_margins(path, ids) -> np.ndarray:
@@ -105,14 +135,14 @@ def router_margins(path, ids) -> np.ndarray:
     return np.min(gaps, axis=0)
 
 
-@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
-def test_quantized_matches_our_dequantized_model(quant, constgate, tmp_path):
-    """Two parts. (1) The file holds exactly our quantized model: every tensor, dequantized by gguf's reference
-    dequantizer, equals the f32 export of our dequantized checkpoint (which matches transformers to 1e-3).
-    (2) llama.cpp's kernels on it stay within KERNEL_TOL of transformers on our dequantized weights at every
-    position, except where routing is discontinuous: llama.cpp's 8-bit activations may flip a near-tie top-k
-    choice (measured: one of 40 positions at Q4_0, router gap 2e-4, error 1.04 = 0.124 x std; all others
-    <= 0.028 x std at Q4_0 and Q8_0), so such positions must have a router gap < 1e-2 and be <= 5% of them."""
+def assert_quantized_matches_dequantized(path, quant, tmp_path, packed_names, n_tokens=None) -> str:
+    """Two parts. (1) The file holds exactly our quantized model: every tensor, dequantized by gguf's
+    reference dequantizer, equals the f32 export of our dequantized checkpoint (which matches transformers to
+    1e-3; zero-padded to whole blocks), and `packed_names` stay in the quant type. (2) llama.cpp's kernels on it stay within KERNEL_TOL of
+    transformers on our dequantized weights at every position, except where routing is discontinuous:
+    llama.cpp's 8-bit activations may flip a near-tie top-k choice (measured: one of 40 positions at Q4_0,
+    router gap 2e-4, error 1.04 = 0.124 x std; all others <= 0.028 x std at Q4_0 and Q8_0), so such
+    positions must have a router gap < 1e-2 and be <= 5% of them. Returns the file's architecture."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -122,7 +152,6 @@ def test_quantized_matches_our_dequantized_model(quant, constgate, tmp_path):
     from qwen2_edge.runtimes.llamacpp import LlamaCppSession
     from qwen2_edge.runtimes.reference import ReferenceSession
 
-    path = constgate["moe_sliding"]
     qmodel = quantize_model(open_checkpoint(path, need_tokenizer=True), get_format("gguf").scheme(quant))
     result, _ = _export(path, tmp_path, quant, qmodel=qmodel)
     deq_path = qmodel.save_dequantized(tmp_path / "deq")
@@ -130,16 +159,18 @@ def test_quantized_matches_our_dequantized_model(quant, constgate, tmp_path):
     packed = {t.name: t for t in GGUFReader(str(result.path)).tensors}
     floats = {t.name: np.asarray(t.data, np.float32) for t in GGUFReader(str(f32.path)).tensors}
     assert set(packed) == set(floats)
-    assert packed["blk.0.ffn_up_exps.weight"].tensor_type.name == quant.upper()  # experts stay packed
-    assert packed["blk.0.ffn_up_shexp.weight"].tensor_type.name == quant.upper()  # fused [gate; up] too
+    for name in packed_names:
+        assert packed[name].tensor_type.name == quant.upper(), name
     for name, t in packed.items():
-        values = dequantize(np.asarray(t.data), t.tensor_type).reshape(floats[name].shape)
-        assert np.array_equal(values, floats[name]), name
+        values = dequantize(np.asarray(t.data), t.tensor_type).reshape([int(n) for n in reversed(t.shape)])
+        # FFN widths are zero-padded to whole blocks in quantized files only
+        pad = [(0, v - f) for v, f in zip(values.shape, floats[name].shape, strict=True)]
+        assert np.array_equal(values, np.pad(floats[name], pad)), name
 
     deq = ReferenceSession(deq_path)
     flt = ReferenceSession(path)
-    ids = _ids(flt)
-    with LlamaCppSession(result.path, threads=2) as s:
+    ids = _ids(flt, n_tokens) if n_tokens else _ids(flt)
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     want = deq.logits(ids)
     err = np.abs(got - want).max(-1)  # per position
@@ -158,6 +189,15 @@ def test_quantized_matches_our_dequantized_model(quant, constgate, tmp_path):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
     if quant != "q8_0":  # 4-bit weights err far more than 8-bit activations
         assert np.delete(err, flipped).max() < 0.15 * err_quant
+    return architecture(result.path)
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
+def test_quantized_matches_our_dequantized_model(quant, constgate, tmp_path):
+    """Experts and the fused [gate; up] shared expert stay packed (assert_quantized_matches_dequantized)."""
+    names = ["blk.0.ffn_up_exps.weight", "blk.0.ffn_up_shexp.weight"]
+    arch = assert_quantized_matches_dequantized(constgate["all_moe_sliding"], quant, tmp_path, names)
+    assert arch == "granite_swa"
 
 
 def test_learned_shared_gate_is_refused(fixture_dir, tmp_path):
@@ -167,59 +207,21 @@ def test_learned_shared_gate_is_refused(fixture_dir, tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "sliding-window" in msg and "--format onnx" in msg
     assert "constant shared-expert gate" in msg and "layers [0, 1, 2]" in msg
+    assert "step35" in msg and "qwen2moe" in msg and "granite_swa" in msg  # each candidate says why not
     assert not list(tmp_path.iterdir())
 
 
-def test_dense_layer_copies_need_power_of_two_top_k(tmp_path):
-    """A hybrid's dense layer weighs its k copies 1/k: refused for k = 3 (1/3 is not a float)."""
-    from qwen2_edge.testing import FIXTURES, make_checkpoint
-    from qwen2_edge.testing.fixtures import FixtureSpec
+def test_linear_rope_with_windows_and_unnormalized_top3_is_refused():
+    """Neither step35 (no RoPE scaling on sliding layers) nor granite_swa (renormalizes; 1/3 copies) nor
+    qwen2moe (full attention) computes it: refused, naming each reason."""
+    from qwen2_edge.exporters.gguf.encoding import choose_encoding
+    from qwen2_edge.model.spec import spec_from_dict
+    from qwen2_edge.testing.fixtures import config_dict
 
-    base = FIXTURES["moe_sliding"]
-    spec = FixtureSpec(**{**base.__dict__, "config": {**base.config, "num_experts_per_tok": 3}})
-    path = make_checkpoint(spec, tmp_path / "k3")
-    zero_shared_gates(path)
-    with pytest.raises(UnsupportedError, match="top_k=3") as e:
-        _export(path, tmp_path, "f32")
-    assert "\n" not in str(e.value) and "power of two" in str(e.value)
-
-
-@pytest.mark.slow  # ~45 s: a 3-step distillation from the built-in teacher
-def test_distilled_constant_gate_student_exports_exactly(tmp_path):
-    """The demo's default student (MoE hybrid, 64-token window, norm_topk_prob, shared_gate="constant"),
-    distilled a few steps from the built-in teacher: its gate is still exactly zero, and its GGUF is
-    granite_swa with experts and matches transformers over 200 tokens (> 3x the window)."""
-    import torch
-
-    from qwen2_edge.data import corpus
-    from qwen2_edge.distill.api import distill
-    from qwen2_edge.distill.config import TrainConfig
-    from qwen2_edge.distill.student import DEFAULT_STUDENT
-    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
-    from qwen2_edge.runtimes.reference import ReferenceSession
-
-    assert DEFAULT_STUDENT.shared_gate == "constant" and DEFAULT_STUDENT.norm_topk_prob
-    data = tmp_path / "data.txt"
-    data.write_text(corpus.heldout_text()[:40000])
-    cfg = TrainConfig(steps=3, batch_size=2, warmup=1, lr=5e-3, eval_max_seqs=2, progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        out = distill("builtin:teacher", DEFAULT_STUDENT, [data], tmp_path / "student", cfg, seq_len=64)
-    finally:
-        torch.set_num_threads(threads)
-    result, ckpt = _export(out, tmp_path, "f32")
-    gate = ckpt.tensor("model.layers.0.mlp.shared_expert_gate.weight")
-    assert not gate.any()  # frozen at zero through training
-    # ... while the rest of the MoE layer did train
-    assert ckpt.tensor("model.layers.0.mlp.gate.weight").abs().sum() > 0
-    assert any("granite_swa with experts" in n for n in result.notes)
-    ref = ReferenceSession(out)
-    ids = ref.encode(corpus.heldout_text()[40000:60000])[:200]
-    assert len(ids) == 200 and ckpt.spec.max_window == 64
-    want = ref.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
-        got = s.logits(ids)
-    err = np.abs(got - want).max()
-    print(f"distilled default student f32 granite_swa: max|dlogit| {err:.2e} over 200 tokens")
-    assert err <= F32_TOL
+    spec = spec_from_dict(
+        config_dict(variant("moe_sliding_k3", rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    )
+    with pytest.raises(UnsupportedError) as e:
+        choose_encoding(spec, "m", weights=lambda n: np.zeros(1))
+    msg = str(e.value)
+    assert "\n" not in msg and "RoPE scaling" in msg and "top_k=3" in msg and "norm_topk_prob=false" in msg

@@ -20,7 +20,7 @@ from qwen2_edge.exporters.onnx.kv_cache import WINDOW_CACHE_SLACK, cache_layout
 from qwen2_edge.model.checkpoint import open_checkpoint
 from qwen2_edge.runtimes.onnxruntime import MIN_CAPACITY, OnnxSession
 
-WINDOWED = ["sliding", "moe_sliding"]
+WINDOWED = ["sliding", "moe_sliding", "moe_sliding_k3"]
 N = 96  # 12x the fixtures' window of 8
 IDS = [int(t) for t in np.random.default_rng(1).integers(0, 320, size=N)]
 

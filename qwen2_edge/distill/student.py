@@ -45,7 +45,7 @@ class StudentSpec:
     shared_intermediate: int | None = None  # None: the teacher's intermediate (a copy of its MLP)
     norm_topk_prob: bool = False
     # "constant": every shared_expert_gate weight starts at zero and is frozen, so the shared expert always
-    # adds exactly sigmoid(0) * W_d x = W_d x / 2. That is what llama.cpp's granite_swa graph can run exactly
+    # adds exactly sigmoid(0) * W_d x = W_d x / 2. That is what llama.cpp's step35 graph can run exactly
     # (GGUF of a windowed MoE student; exporters/gguf/encoding.py); "learned": Qwen2-MoE's own sigmoid gate.
     shared_gate: str = "learned"
     window: int | None = None  # sliding window w on `window_layers`
@@ -83,9 +83,8 @@ SHARED_GATES = ("learned", "constant")
 
 # The demo student: half the teacher's depth, layer 0 a MoE-hybrid layer (4 experts top-2 each seeded with
 # a quarter of the teacher's MLP, plus a shared expert copied from it) with a 64-token sliding window,
-# layer 1 dense with full attention. Renormalized top-k and a constant shared-expert gate make it exactly
-# encodable in GGUF (granite_swa) as well as ONNX; top_k must stay a power of two for the GGUF encoding
-# of the dense layer.
+# layer 1 dense with full attention. A constant shared-expert gate makes it exactly encodable in GGUF
+# (llama.cpp's step35, each dense layer written once) as well as ONNX.
 DEFAULT_STUDENT = StudentSpec(
     layers=2,
     moe_layers=(0,),

@@ -76,6 +76,26 @@ FIXTURES: dict[str, FixtureSpec] = {
             "max_window_layers": 3,
         },
     ),
+    # MoE hybrid whose GGUF only llama.cpp's step35 can hold: top-3 of 6 experts (not a power of two),
+    # norm_topk_prob=false with sliding windows, no shared expert, experts 40 wide (not a multiple of 32),
+    # window 8 on layers 0 (MoE) and 2 (dense), untied.
+    "moe_sliding_k3": FixtureSpec(
+        architecture="Qwen2MoeForCausalLM",
+        layers=4,
+        tie=False,
+        seed=8,
+        config={
+            "num_experts": 6,
+            "num_experts_per_tok": 3,
+            "moe_intermediate_size": 40,
+            "shared_expert_intermediate_size": 0,
+            "mlp_only_layers": [2],
+            "norm_topk_prob": False,
+            "use_sliding_window": True,
+            "sliding_window": 8,
+            "max_window_layers": 4,
+        },
+    ),
 }
 
 

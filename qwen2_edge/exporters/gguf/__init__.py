@@ -17,7 +17,7 @@ from ...fsutil import atomic_file
 from ...model.checkpoint import Checkpoint
 from ...quant.model import QuantizedModel
 from ..registry import ExportResult
-from .encoding import choose_encoding, metadata, tensors
+from .encoding import choose_encoding
 from .quants import QUANTS
 from .tokenizer import build_vocab
 from .writer import write_gguf
@@ -61,17 +61,17 @@ def export_gguf(
             return qmodel.tensors[name]
         return ckpt.canonical(name).numpy()
 
-    kv = metadata(enc)
+    kv = enc.metadata()
     name = ckpt.path.name
     with atomic_file(out, force) as tmp:
         if gq.maker == "llama.cpp":
             with tempfile.TemporaryDirectory(prefix=".gguf-f16-", dir=out.parent) as d:
                 f16 = Path(d) / "model-f16.gguf"
-                plan = write_gguf(f16, enc, vocab, kv, tensors(enc, get), gq, GGMLQuantizationType.F16, name)
+                plan = write_gguf(f16, enc, vocab, kv, enc.tensors(get), gq, GGMLQuantizationType.F16, name)
                 llama_quantize(f16, tmp, gq.llama_ftype, threads)
         else:
             ftype = GGMLQuantizationType.F16 if quant == "f16" else GGMLQuantizationType.F32
-            plan = write_gguf(tmp, enc, vocab, kv, tensors(enc, get), gq, ftype, name)
+            plan = write_gguf(tmp, enc, vocab, kv, enc.tensors(get), gq, ftype, name)
     if gq.maker == "llama.cpp":  # report the types llama.cpp actually chose, not the f16 input's
         plan.rows = stored_types(out)
     size = out.stat().st_size

@@ -242,6 +242,8 @@ def quantize_layerwise(
     names = ckpt.canonical_names()
     plan = {
         n: policy.scheme_for(n, 3 if ".mlp.experts." in n else len(ckpt.tensors[n].shape), base)
+        if ".mlp.experts." in n or all(ckpt.tensors[n].shape)  # zero-element: nothing to quantize
+        else None
         for n in names
     }
     cal = calibration_tokens(TextTokenizer(ckpt.path), calib, calib_tokens, seq_len)

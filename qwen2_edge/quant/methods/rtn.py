@@ -24,7 +24,8 @@ def quantize_rtn_model(
 
     def one(name: str) -> tuple[str, QuantizedTensor | None]:
         w = ckpt.canonical(name)
-        scheme = policy.scheme_for(name, w.ndim, base)
+        # a zero-element tensor (a Qwen2-MoE without a shared expert has 0-wide ones) has nothing to quantize
+        scheme = policy.scheme_for(name, w.ndim, base) if w.numel() else None
         return name, None if scheme is None else quantize_rtn(name, np.asarray(w.numpy()), scheme)
 
     workers = max(1, min(len(os.sched_getaffinity(0)), 4))
