@@ -321,7 +321,11 @@ def _open_candidate(item: str | Path | Session, opts: CheckOptions, n_ctx: int) 
     if deployed == "f32":
         c = _Candidate(item, first, deployed)
         if opts.deployed:
-            c.deployed = session(opts.kv_cache)
+            try:
+                c.deployed = session(opts.kv_cache)
+            except BaseException:
+                first.close()
+                raise
         return c
     c = _Candidate(item, first, deployed, deployed=first)
     try:
