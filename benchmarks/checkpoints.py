@@ -1,11 +1,14 @@
 """Benchmark checkpoints with real model shapes and random weights, generated locally (no downloads).
 
-    python -m benchmarks.checkpoints OUT_DIR [qwen2-0.5b|moe]
+    python -m benchmarks.checkpoints OUT_DIR [qwen2-0.5b|moe|window]
 
 - qwen2-0.5b: the exact Qwen2-0.5B shape (vocab 151,936, hidden 896, intermediate 4,864, 24 layers,
   14 heads, 2 KV heads, tied embeddings), bf16 like the released model.
 - moe: a Qwen2-MoE hybrid at hidden 896: 16 experts top-4 + shared expert, layer 0 dense, sliding
   window 512 on the even layers below 6 (Qwen2-MoE's max_window_layers rule).
+- window: a Qwen2 whose every layer slides (hidden 512, 4 layers, 8 heads, 8 KV heads, window 128, the
+  fixtures' small vocabulary): decode cost there is attention and KV cache, so it shows whether a
+  windowed layer costs its window (`benchmarks/window_cost.py`).
 The tokenizer is the fixtures' small byte-level BPE; the extra embedding rows are padding, as in Qwen2.
 """
 
@@ -38,6 +41,16 @@ BENCH_SPECS: dict[str, FixtureSpec] = {
             **_LONG_ROPE,
         },
         **_QWEN2_05B,
+    ),
+    # max_window_layers 0: every layer slides (Qwen2 rule: layer i slides when i >= max_window_layers).
+    "window": FixtureSpec(
+        hidden=512,
+        layers=4,
+        heads=8,
+        kv_heads=8,
+        intermediate=1536,
+        std=0.02,
+        config={"use_sliding_window": True, "sliding_window": 128, "max_window_layers": 0, **_LONG_ROPE},
     ),
 }
 

@@ -81,7 +81,7 @@ def tensor_bits(path: Path) -> int:
 def gguf_logits(path: Path, chunks: list[list[int]], threads: int | None) -> list[np.ndarray]:
     from qwen2_edge.runtimes.llamacpp import LlamaCppSession
 
-    s = LlamaCppSession(path, threads=threads, n_ctx=max(len(c) for c in chunks))
+    s = LlamaCppSession(path, threads=threads, n_ctx=max(len(c) for c in chunks), kv_cache="f32")
     out = []
     for c in chunks:
         s.reset()

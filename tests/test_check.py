@@ -176,6 +176,7 @@ def test_f32_export_passes_and_corrupted_export_fails(fmt, ext, fixture_dir, tmp
     g, b = json.loads(out.read_text())["artifacts"]
     assert g["format"] == b["format"] == fmt
     assert g["passed"] and g["kld_mean"] < 1e-6 and g["top1_agreement"] == 1 and g["greedy_match"] == 1
+    assert g["max_dlogit"] < 1e-5  # f32 in an f32 cache: 9.5e-7 (llama.cpp's default f16 cache: 9.1e-5)
     assert g["tokenizer_match"]
     assert not b["passed"] and "max_kld" in b["failed"]
 
@@ -262,7 +263,7 @@ def test_context_longer_than_the_runtime_allows_is_exit_2(fixture_dir, tmp_path,
 
     src = fixture_dir("dense_untied")
     gguf = export_model(src, fmt="gguf", quant="f32", out=tmp_path / "d.gguf").path
-    small = LlamaCppSession(gguf, n_ctx=32)  # a llama.cpp context shorter than the check's chunks
+    small = LlamaCppSession(gguf, n_ctx=32, kv_cache="f32")  # a context shorter than the check's chunks
     from qwen2_edge.errors import UserError
 
     with pytest.raises(UserError, match="smaller --ctx"):

@@ -55,7 +55,7 @@ def test_f32_logits_match_transformers(name, fixture_dir, tmp_path):
     ref = ReferenceSession(fixture_dir(name))
     ids = _ids(ref)
     want = ref.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= F32_TOL
@@ -103,7 +103,7 @@ def test_tied_moe_writes_output_weight(experts, tmp_path):
     assert "output.weight" in {r["tensor"] for r in result.plan}
     ref = ReferenceSession(path)
     ids = _ids(ref)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         assert np.abs(s.logits(ids) - ref.logits(ids)).max() <= F32_TOL
 
 
@@ -185,7 +185,7 @@ def test_quantized_matches_our_dequantized_model(name, quant, fixture_dir, tmp_p
     deq = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq"))
     flt = ReferenceSession(fixture_dir(name))
     ids = _ids(flt)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     want = deq.logits(ids)
     err_kernel = np.abs(got - want).max()
@@ -206,7 +206,7 @@ def test_other_quants_load_and_track_float(quant, fixture_dir, tmp_path):
     ref = ReferenceSession(fixture_dir("dense"))
     ids = _ids(ref)
     want = ref.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     assert np.isfinite(got).all()
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
@@ -226,7 +226,7 @@ def test_tokenizer_matches_hf(fixture_dir, tmp_path):
         "<|im_start|>user\nhi<|im_end|>",
         "cafe\u0301 A\u030a",  # decomposed: llama.cpp alone skips the tokenizer's NFC normalizer
     ]
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         for text in texts:
             assert s.encode(text) == hf.encode(text), text
             assert s.decode(hf.encode(text)) == hf.decode(hf.encode(text))
@@ -314,7 +314,7 @@ def test_teacher_q8_0_greedy_matches_float(tmp_path):
     result = export_model("builtin:teacher", "gguf", "q8_0", tmp_path / "teacher.gguf")
     ref = ReferenceSession(teacher)
     prompt = ref.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         assert s.greedy(prompt, 32) == ref.greedy(prompt, 32)
 
 
@@ -354,7 +354,7 @@ def test_ffn_width_not_multiple_of_32_is_padded_exactly(quant, tmp_path):
     deq = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq"))
     ids = _ids(deq)
     want = deq.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     assert np.abs(got - want).max() <= KERNEL_TOL * want.std()
 
@@ -391,6 +391,6 @@ def test_rows_not_multiple_of_32_fall_back_to_exact_floats(tmp_path):
     deq = ReferenceSession(qmodel.save_dequantized(tmp_path / "deq"))
     ids = _ids(deq)
     want = deq.logits(ids)
-    with LlamaCppSession(result.path, threads=2) as s:
+    with LlamaCppSession(result.path, threads=2, kv_cache="f32") as s:
         got = s.logits(ids)
     assert np.abs(got - want).max() <= KERNEL_TOL * want.std()
