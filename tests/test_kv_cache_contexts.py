@@ -114,6 +114,27 @@ def test_artifact_whose_runtime_lacks_the_type_is_refused(sliding_exports, tmp_p
     assert refused == sum(len(KV_CACHE_TYPES) - len(c.kv_cache_types) for c in (OnnxSession, LlamaCppSession))
 
 
+def test_cache_type_an_artifact_cannot_hold_is_one_line_from_every_command(sliding_exports, capsys):
+    """A refusal that only the loaded artifact knows (onnxruntime's 4-bit cache on sliding layers needs a
+    head size that is a multiple of 32; this fixture's is 16) is still one line and exit 2, also from
+    bench's measuring child."""
+    art = str(sliding_exports["onnx"])
+    for command, argv in (
+        ("run", [art, "--prompt", "x"]),
+        ("bench", [art, "--repeat", "1", "--prompt-tokens", "8", "--gen-tokens", "2"]),
+        ("check", [str(sliding_exports["src"]), art, *FAST_CHECK]),
+    ):
+        capsys.readouterr()
+        assert main([command, *argv, "--kv-cache", "q4_0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        # bench finds out in its child, after its progress lines (bandwidth, "measuring ..."): the error
+        # is still its last line, and one line
+        errors = [ln for ln in err if "error:" in ln]
+        assert len(errors) == 1 and err[-1] == errors[0] and (command == "bench" or len(err) == 1)
+        assert errors[0].startswith(f"qwen2-edge {command}: error: {art}")
+        assert "4-bit KV cache on sliding layers needs a head size" in errors[0]
+
+
 # -- run --------------------------------------------------------------------------------------------
 def test_run_gguf_with_f32_cache_gives_the_checkpoints_greedy_tokens(fixture_dir, tmp_path, capsys):
     from qwen2_edge.exporters.api import export_model
