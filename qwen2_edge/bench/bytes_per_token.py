@@ -3,7 +3,8 @@
 Every weight a token passes through is read once per step: all attention, dense-FFN, shared-expert, router
 and norm tensors; of the routed experts only the active ones (top_k of E, so top_k/E of their bytes); of
 the embedding one row; the lm_head in full. Plus the KV cache: every layer reads its keys and values for
-the positions it attends to (all of them, or the last `window` on a sliding layer).
+the positions it attends to (all of them, or the last `window` on a sliding layer), at the element size of
+the cache type the runtime holds (KV_PRECISIONS: f32 4 bytes, f16 2, q8_0 34/32, q4_0 18/32).
 
 Each format has one inventory function (a row in INVENTORIES) that lists the artifact's tensors with a role
 and reads the attention geometry the KV cache needs from the artifact itself (ONNX graph, GGUF metadata,
@@ -43,12 +44,63 @@ class DecodeGeometry:
     head_dim: int
     windows: tuple[int | None, ...]  # per layer: None = full attention
     expert_fraction: float  # top_k / num_experts of the routed-expert bytes (1.0 without MoE)
-    kv_bytes_per_element: float  # 4 (f32 cache), 2 (f16), ...
+    kv_bytes_per_element: float  # 4 (f32 cache), 2 (f16), 34/32 (q8_0), ...
+    # Per-channel cache scales (onnxruntime's quantized cache): bytes per K/V channel and layer, read every
+    # step whatever the context. 0 for float caches and for llama.cpp's blocks (their scales are in the
+    # element size).
+    kv_scale_bytes_per_channel: float = 0.0
+    kv_cache: str | None = None  # the cache type these sizes describe (KV_PRECISIONS name), when known
 
     @property
     def max_window(self) -> int | None:
         ws = [w for w in self.windows if w]
         return max(ws) if ws else None
+
+
+@dataclass(frozen=True)
+class KVPrecision:
+    """What one cached key or value element costs in a runtime's KV cache."""
+
+    bytes_per_element: float  # block scales included
+    scale_bytes_per_channel: float = 0.0  # per-channel scales (per layer, for K and for V)
+
+
+# llama.cpp's cache types, in ggml's block sizes: q8_0 = 32 int8 + one f16 scale (34 bytes per 32),
+# q4_0 = 32 4-bit codes + one f16 scale (18 bytes per 32). Adding a cache type is one row here.
+KV_PRECISIONS: dict[str, KVPrecision] = {
+    "f32": KVPrecision(4.0),
+    "f16": KVPrecision(2.0),
+    "q8_0": KVPrecision(34 / 32),
+    "q4_0": KVPrecision(18 / 32),
+}
+# Where a format stores a cache type differently: onnxruntime's GroupQueryAttention quantizes its cache to
+# plain int8 / int4 codes with float32 scales per channel (k_scale / v_scale), constant in the context.
+FORMAT_KV_PRECISIONS: dict[str, dict[str, KVPrecision]] = {
+    "onnx": {"q8_0": KVPrecision(1.0, 4.0), "q4_0": KVPrecision(0.5, 4.0)},
+}
+
+
+def kv_precision(fmt: str, kv_cache: str) -> KVPrecision:
+    """The element cost of cache type `kv_cache` in format `fmt`'s runtime."""
+    from ..errors import UserError
+
+    found = FORMAT_KV_PRECISIONS.get(fmt, {}).get(kv_cache) or KV_PRECISIONS.get(kv_cache)
+    if found is None:
+        raise UserError(f"no byte model for a {kv_cache!r} KV cache (known: {', '.join(KV_PRECISIONS)})")
+    return found
+
+
+def with_kv_cache(geom: DecodeGeometry, fmt: str, kv_cache: str) -> DecodeGeometry:
+    """The same geometry with the element size of the cache type the runtime actually holds."""
+    from dataclasses import replace
+
+    p = kv_precision(fmt, kv_cache)
+    return replace(
+        geom,
+        kv_bytes_per_element=p.bytes_per_element,
+        kv_scale_bytes_per_channel=p.scale_bytes_per_channel,
+        kv_cache=kv_cache,
+    )
 
 
 @dataclass
@@ -95,12 +147,22 @@ def weight_bytes_per_token(inv: Inventory) -> int:
 
 
 def kv_bytes_per_token(geom: DecodeGeometry, context: int, use_window: bool = True) -> int:
-    """K and V read by one decode step at `context` cached positions."""
+    """K and V read by one decode step at `context` cached positions (window-capped on sliding layers)."""
     total = 0.0
     for heads, window in zip(geom.kv_heads, geom.windows, strict=True):
         seen = min(context, window) if (window and use_window) else context
-        total += 2 * heads * geom.head_dim * seen * geom.kv_bytes_per_element
+        channels = 2 * heads * geom.head_dim  # K and V
+        total += channels * seen * geom.kv_bytes_per_element
+        if seen:
+            total += channels * geom.kv_scale_bytes_per_channel
     return int(total)
+
+
+def kv_cache_bytes(geom: DecodeGeometry, context: int) -> int:
+    """Bytes the KV cache must hold with `context` positions cached: every layer keeps what it attends to
+    (a sliding layer its last `window` positions), so it equals what one decode step reads. A runtime's
+    own buffers can be larger (preallocated to its context, padded); Session.kv_cache_bytes() says."""
+    return kv_bytes_per_token(geom, context)
 
 
 def bytes_per_token(inv: Inventory, context: int, use_window: bool = True) -> StepBytes:

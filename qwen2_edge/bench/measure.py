@@ -3,11 +3,17 @@
 A child opens its artifact through the runtime registry (or a given Session class), so any runtime with a
 Session is measured the same way: one prefill `append(prompt)`, then one `append([token])` per decoded
 token, greedy. After loading and one warm-up round, the child waits for commands on stdin: "round" (one
-timed round from an empty cache), "sweep" (decode speed at the window contexts), "done". The parent loads
-the children of a group one after another, then interleaves their rounds (A, B, A, B, ...), so that
-load from other processes on a shared machine falls on every artifact alike and ratios stay meaningful.
-Peak RSS is the child's own VmHWM; the RSS just before loading (interpreter plus the runtime's libraries,
-imported first) is reported beside it.
+timed round from an empty cache), "done". The parent loads the children of a group one after another,
+then interleaves their rounds (A, B, A, B, ...), so that load from other processes on a shared machine
+falls on every artifact alike and ratios stay meaningful. Peak RSS is the child's own VmHWM; the RSS just
+before loading (interpreter plus the runtime's libraries, imported first) is reported beside it.
+
+Long contexts (`bench --contexts`, and the window sweep w, 4w, 8w) get one fresh child per artifact and
+context, its session sized for that context (n_ctx = context + decoded tokens + slack), so its peak RSS is
+what that deployment needs. Its commands: "fill" (reset, then feed `context` tokens in chunks of
+PREFILL_CHUNK: timed as prefill, then the runtime's KV-cache bytes), "decode" (one timed round of
+`context_gen_tokens` greedy steps after what is cached), "done". The artifacts measured at one context are
+filled one after another and their decode rounds interleaved.
 
     python -m qwen2_edge.bench.measure REQUEST_JSON RESULT_FD   (what the parent runs)
 """
@@ -26,7 +32,8 @@ from typing import Any
 
 from ..errors import UserError
 
-PREFILL_CHUNK = 512  # tokens per append when filling a long context for the window sweep
+PREFILL_CHUNK = 512  # tokens per append when filling a long context (llama.cpp's n_batch)
+CONTEXT_SLACK = 8  # positions a session holds beyond what a measurement feeds it
 
 
 @dataclass(frozen=True)
@@ -36,9 +43,14 @@ class BenchOptions:
     threads: int = 2
     repeat: int = 3
     warmup_tokens: int = 8  # decode steps in the warm-up round
-    window_sweep: bool | None = None  # decode speed at w, 4w, 8w; None: when the model has windows
-    window_gen_tokens: int = 16  # tokens decoded at each sweep context
+    window_sweep: bool | None = None  # contexts w, 4w, 8w; None: when the model has windows (and no contexts)
+    contexts: tuple[int, ...] = ()  # decode speed / RSS / KV bytes after this many cached tokens, each
+    context_gen_tokens: int = 16  # tokens decoded per timed round at each context
+    kv_cache: str | None = None  # KV-cache type (runtimes/options.py names); None: each runtime's default
     timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contexts", tuple(self.contexts))  # a JSON round trip makes it a list
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,33 +63,50 @@ class RawTiming:
     runtime: str
     format: str
     quant: str
+    kv_cache: str  # what the session holds (its `kv_cache`)
     load_s: float
     prefill_s: list[float]
     ttft_s: list[float]
     decode_s: list[float]
     peak_rss_mb: float
     baseline_rss_mb: float
+    kv_bytes_per_element: float | None  # a session's own statement of its element size (overrides the table)
+
+
+@dataclass
+class RawContextTiming:
+    """One artifact at one context, measured by its own child process."""
+
+    context: int
+    n_ctx: int  # positions the session was sized for
+    kv_cache: str
+    load_s: float
+    fill_s: float  # feeding `context` tokens in chunks of PREFILL_CHUNK
+    decode_s: list[float]  # per round of `gen_tokens`
+    gen_tokens: int
+    kv_bytes: int | None  # Session.kv_cache_bytes() with `context` tokens cached; None: not exposed
+    peak_rss_mb: float
+    baseline_rss_mb: float
     kv_bytes_per_element: float | None
-    window_decode_tok_s: dict[str, float]
 
 
 @dataclass(frozen=True)
 class Target:
-    """One artifact to measure: its path, the window contexts to sweep, and optionally a Session class."""
+    """One artifact to measure: its path, optionally a Session class, the KV-cache type to ask for."""
 
     path: Path
-    sweep: tuple[int, ...] = ()
     session: str | None = None  # "module:Class" taking (path, threads=); None: the runtime registry's
+    kv_cache: str | None = None  # None: the runtime's default
 
 
 class _Child:
     """A measuring child process and the pipe it reports on (one JSON object per line)."""
 
-    def __init__(self, target: Target, opts: BenchOptions) -> None:
+    def __init__(self, target: Target, opts: BenchOptions, context: int | None = None) -> None:
         root = str(Path(__file__).resolve().parents[2])  # the tree holding this qwen2_edge package
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        request = {"path": str(target.path), "opts": opts.to_json(), "sweep": list(target.sweep),
-                   "session": target.session}  # fmt: skip
+        request = {"path": str(target.path), "opts": opts.to_json(), "session": target.session,
+                   "kv_cache": target.kv_cache, "context": context}  # fmt: skip
         self.target = target
         self.timeout = opts.timeout_s
         self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the child
@@ -135,7 +164,6 @@ def measure_group(targets: list[Target], opts: BenchOptions) -> list[RawTiming]:
         for _ in range(opts.repeat):
             for i, c in enumerate(children):
                 rounds[i].append(c.ask("round"))
-        sweeps = [c.ask("sweep")["sweep"] if c.target.sweep else {} for c in children]
         finals = [c.ask("done") for c in children]
     finally:
         for c in children:
@@ -145,6 +173,7 @@ def measure_group(targets: list[Target], opts: BenchOptions) -> list[RawTiming]:
             runtime=r["runtime"],
             format=r["format"],
             quant=r["quant"],
+            kv_cache=r["kv_cache"],
             load_s=r["load_s"],
             prefill_s=[x["prefill_s"] for x in rs],
             ttft_s=[x["ttft_s"] for x in rs],
@@ -152,20 +181,57 @@ def measure_group(targets: list[Target], opts: BenchOptions) -> list[RawTiming]:
             peak_rss_mb=f["peak_rss_mb"],
             baseline_rss_mb=r["baseline_rss_mb"],
             kv_bytes_per_element=f["kv_bytes_per_element"],
-            window_decode_tok_s=sw,
         )
-        for r, rs, sw, f in zip(ready, rounds, sweeps, finals, strict=True)
+        for r, rs, f in zip(ready, rounds, finals, strict=True)
     ]
 
 
+def measure_context(targets: list[Target], context: int, opts: BenchOptions) -> list[RawContextTiming]:
+    """Several artifacts at one context: a fresh child each, sized for it; fills one after another, decode
+    rounds interleaved. Children are loaded one by one and all closed before the next context starts."""
+    children: list[_Child] = []
+    try:
+        ready = []
+        for t in targets:
+            children.append(_Child(t, opts, context))
+            ready.append(children[-1].read())
+        fills = [c.ask("fill") for c in children]
+        rounds: list[list[float]] = [[] for _ in children]
+        for _ in range(opts.repeat):
+            for i, c in enumerate(children):
+                rounds[i].append(c.ask("decode")["decode_s"])
+        finals = [c.ask("done") for c in children]
+    finally:
+        for c in children:
+            c.close()
+    return [
+        RawContextTiming(
+            context=context,
+            n_ctx=r["n_ctx"],
+            kv_cache=r["kv_cache"],
+            load_s=r["load_s"],
+            fill_s=f["fill_s"],
+            decode_s=rs,
+            gen_tokens=opts.context_gen_tokens,
+            kv_bytes=f["kv_bytes"],
+            peak_rss_mb=d["peak_rss_mb"],
+            baseline_rss_mb=r["baseline_rss_mb"],
+            kv_bytes_per_element=d["kv_bytes_per_element"],
+        )
+        for r, f, rs, d in zip(ready, fills, rounds, finals, strict=True)
+    ]
+
+
+def context_n_ctx(context: int, opts: BenchOptions) -> int:
+    """Positions a session measured at `context` must hold: the context, every timed decode round, slack."""
+    return context + opts.repeat * opts.context_gen_tokens + CONTEXT_SLACK
+
+
 def measure_in_subprocess(
-    path: str | Path,
-    opts: BenchOptions,
-    sweep_contexts: list[int] | None = None,
-    session_target: str | None = None,
+    path: str | Path, opts: BenchOptions, session_target: str | None = None
 ) -> RawTiming:
     """One artifact in a fresh interpreter (a group of one)."""
-    return measure_group([Target(Path(path), tuple(sweep_contexts or ()), session_target)], opts)[0]
+    return measure_group([Target(Path(path), session_target, opts.kv_cache)], opts)[0]
 
 
 # -- the child ----------------------------------------------------------------------------------------
@@ -214,32 +280,68 @@ def _round(session, prompt: list[int], gen: int) -> tuple[float, float, float]:
     return t1 - t0, t_first - t0, t2 - t_first
 
 
-def _sweep(session, prompt: list[int], contexts: list[int], gen: int) -> dict[str, float]:
-    """Decode tokens/s once `ctx` positions are cached, for each ctx."""
-    import numpy as np
+class _ContextRun:
+    """A child's state at one context: the cache filled to `context`, then decoded further round by round."""
 
-    out: dict[str, float] = {}
-    for ctx in contexts:
-        ids = (prompt * (ctx // len(prompt) + 1))[:ctx]
-        session.reset()
+    def __init__(self, session, context: int) -> None:
+        self.session, self.context = session, context
+        self.ids = _prompt(session, context)  # held-out text, repeated only when the corpus is shorter
+        self.tok: int | None = None
+
+    def fill(self) -> dict[str, Any]:
+        import numpy as np
+
+        s = self.session
+        s.reset()
+        t0 = time.perf_counter()
         logits = None
-        for i in range(0, ctx, PREFILL_CHUNK):
-            logits = session.append(ids[i : i + PREFILL_CHUNK])
-        tok = int(np.argmax(logits[-1]))
+        for i in range(0, self.context, PREFILL_CHUNK):
+            logits = s.append(self.ids[i : i + PREFILL_CHUNK])
+        fill_s = time.perf_counter() - t0
+        self.tok = int(np.argmax(logits[-1]))
+        kv = s.kv_cache_bytes() if hasattr(s, "kv_cache_bytes") else None
+        return {"fill_s": fill_s, "kv_bytes": None if kv is None else int(kv)}
+
+    def decode(self, gen: int) -> dict[str, Any]:
+        import numpy as np
+
+        tok = self.tok
         t0 = time.perf_counter()
         for _ in range(gen):
-            tok = int(np.argmax(session.append([tok])[-1]))
-        out[str(ctx)] = gen / (time.perf_counter() - t0)
-    return out
+            tok = int(np.argmax(self.session.append([tok])[-1]))
+        self.tok = tok
+        return {"decode_s": time.perf_counter() - t0}
 
 
-def child_main(request: dict[str, Any], result_fd: int) -> None:
+def _open(request: dict[str, Any], opts: BenchOptions, n_ctx: int):
+    """The child's session, from the runtime registry or the requested Session class."""
     import importlib
     import inspect
 
     from ..model.builtin import resolve_model_path
     from ..runtimes.registry import detect_format
 
+    path = resolve_model_path(request["path"])
+    target = request.get("session") or detect_format(path).target
+    module, cls = target.split(":")
+    factory = getattr(importlib.import_module(module), cls)  # runtime libraries count in the baseline
+    params = inspect.signature(factory).parameters
+    kwargs: dict[str, Any] = {"threads": opts.threads}
+    if "n_ctx" in params:  # a runtime that sizes its cache up front gets what this measurement uses
+        kwargs["n_ctx"] = n_ctx
+    if "kv_cache" in params:
+        kwargs["kv_cache"] = request.get("kv_cache")
+    elif request.get("kv_cache") is not None:
+        raise UserError(f"{target} takes no KV-cache type", path)
+    baseline = _rss_mb()
+    t0 = time.perf_counter()
+    session = factory(path, **kwargs)
+    if hasattr(session, "reserve"):
+        session.reserve(n_ctx)
+    return session, baseline, time.perf_counter() - t0
+
+
+def child_main(request: dict[str, Any], result_fd: int) -> None:
     report = os.fdopen(result_fd, "w")
 
     def send(obj: dict[str, Any]) -> None:
@@ -247,35 +349,28 @@ def child_main(request: dict[str, Any], result_fd: int) -> None:
         report.flush()
 
     opts = BenchOptions(**request["opts"])
-    path = resolve_model_path(request["path"])
-    target = request.get("session") or detect_format(path).target
-    module, cls = target.split(":")
-    factory = getattr(importlib.import_module(module), cls)  # runtime libraries count in the baseline
-    # A runtime that sizes its cache up front is given the longest context this run uses (+ slack), so
-    # every artifact in a runtime gets the same cache size, whatever that runtime's default.
-    longest = 8 + max(
-        [opts.prompt_tokens + opts.gen_tokens] + [c + opts.window_gen_tokens for c in request["sweep"]]
-    )
-    kwargs: dict[str, Any] = {"threads": opts.threads}
-    if "n_ctx" in inspect.signature(factory).parameters:
-        kwargs["n_ctx"] = longest
-    baseline = _rss_mb()
-    t0 = time.perf_counter()
-    session = factory(path, **kwargs)
-    if hasattr(session, "reserve"):
-        session.reserve(longest)
-    load_s = time.perf_counter() - t0
+    context = request.get("context")
+    warm_gen = min(opts.warmup_tokens, opts.gen_tokens)
+    if context is None:
+        n_ctx = opts.prompt_tokens + max(opts.gen_tokens, warm_gen) + CONTEXT_SLACK
+    else:
+        n_ctx = max(context_n_ctx(context, opts), opts.prompt_tokens + warm_gen + CONTEXT_SLACK)
+    session, baseline, load_s = _open(request, opts, n_ctx)
     prompt = _prompt(session, opts.prompt_tokens)
-    _round(session, prompt, min(opts.warmup_tokens, opts.gen_tokens))
+    _round(session, prompt, warm_gen)
+    run = None if context is None else _ContextRun(session, context)
     send({"runtime": session.runtime, "format": session.format, "quant": getattr(session, "quant", "") or "",
-          "load_s": load_s, "baseline_rss_mb": baseline})  # fmt: skip
+          "kv_cache": getattr(session, "kv_cache", "f32"), "load_s": load_s, "baseline_rss_mb": baseline,
+          "n_ctx": n_ctx})  # fmt: skip
     for line in sys.stdin:
         command = line.strip()
         if command == "round":
             p, f, d = _round(session, prompt, opts.gen_tokens)
             send({"prefill_s": p, "ttft_s": f, "decode_s": d})
-        elif command == "sweep":
-            send({"sweep": _sweep(session, prompt, request.get("sweep") or [], opts.window_gen_tokens)})
+        elif command == "fill" and run is not None:
+            send(run.fill())
+        elif command == "decode" and run is not None:
+            send(run.decode(opts.context_gen_tokens))
         elif command == "done":
             kv = getattr(session, "kv_bytes_per_element", None)
             session.close()

@@ -16,6 +16,7 @@ from .result import BenchResult
 COLUMNS = (
     ("artifact", "label", "{}"),
     ("runtime", "runtime", "{}"),
+    ("KV", "kv_cache", "{}"),
     ("MB", "file_mb", "{:.1f}"),
     ("bpw", "bits_per_weight", "{:.2f}"),
     ("load s", "load_s", "{:.2f}"),
@@ -61,22 +62,51 @@ def _cell(r: BenchResult, attr: str | None, fmt: str | None, header: str) -> str
     return fmt.format(getattr(r, attr))
 
 
-def format_table(results: Sequence[BenchResult]) -> str:
-    rows = [[h for h, _, _ in COLUMNS]]
-    rows += [[_cell(r, a, f, h) for h, a, f in COLUMNS] for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+# The long-context table: (header, format of one ContextResult as a string).
+CONTEXT_COLUMNS = (
+    ("context", lambda c: str(c.context)),
+    ("prefill t/s", lambda c: f"{c.prefill_tok_s:.1f}"),
+    ("decode t/s", lambda c: f"{c.decode_tok_s:.2f}"),
+    ("ms/token", lambda c: f"{c.ms_per_token:.2f}"),
+    ("peak RSS MB", lambda c: f"{c.peak_rss_mb:.0f}"),
+    ("KV MB", lambda c: f"{c.kv_bytes / 2**20:.2f} {'(m)' if c.kv_bytes_source == 'measured' else '(c)'}"),
+    ("MB/token", lambda c: f"{c.bytes_per_token / 1e6:.2f}"),
+    ("of roofline", lambda c: f"{c.roofline_fraction:.0%}"),
+)
+
+
+def _align(rows: list[list[str]], left: int) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    for r in results:
-        if r.window_decode_tok_s:
-            sweep = ", ".join(f"ctx {c}: {v:.2f}" for c, v in r.window_decode_tok_s.items())
-            lines.append(f"{r.label}: decode tok/s with window {r.window}: {sweep}")
+    return lines
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    rows = [[h for h, _, _ in COLUMNS]]
+    rows += [[_cell(r, a, f, h) for h, a, f in COLUMNS] for r in results]
+    lines = _align(rows, 3)
+    if any(r.contexts for r in results):
+        lines += ["", format_context_table(results)]
     return "\n".join(lines)
+
+
+def format_context_table(results: Sequence[BenchResult]) -> str:
+    """One row per artifact and context; KV MB (m) measured by the runtime, (c) computed by the byte model."""
+    rows = [["artifact", "runtime", "KV", *(h for h, _ in CONTEXT_COLUMNS)]]
+    for r in results:
+        rows += [[r.label, r.runtime, c.kv_cache, *(f(c) for _, f in CONTEXT_COLUMNS)] for c in r.contexts]
+    gen = next(c.gen_tokens for r in results for c in r.contexts)
+    head = (
+        f"decode after `context` cached tokens (a fresh process per artifact and context, its session sized "
+        f"to it; {gen} tokens per round); KV MB: (m) measured by the runtime, (c) computed"
+    )
+    return "\n".join([head, *_align(rows, 3)])
 
 
 def results_json(results: Sequence[BenchResult], bw: Bandwidth | None, extra: dict | None = None) -> dict:
@@ -95,7 +125,8 @@ def write_json(doc: dict, out: str | Path, force: bool = True) -> Path:
 
 
 def plot(results: Sequence[BenchResult], out: str | Path, force: bool = True) -> Path:
-    """Bars of prefill and decode tokens/s per artifact, the decode roofline marked on each."""
+    """Bars of prefill and decode tokens/s per artifact, the decode roofline marked on each; with contexts,
+    decode tokens/s and KV-cache MB against the context, one line per artifact."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +136,13 @@ def plot(results: Sequence[BenchResult], out: str | Path, force: bool = True) ->
 
     names = [r.label or Path(r.path).name for r in results]
     x = range(len(results))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(results)), 4.5))
+    with_ctx = any(r.contexts for r in results)
+    fig, axes = plt.subplots(
+        1, 4 if with_ctx else 2, figsize=(max(8, 2.2 * len(results)) + (9 if with_ctx else 0), 4.5)
+    )
+    ax1, ax2 = axes[:2]
+    if with_ctx:
+        _plot_contexts(results, names, axes[2], axes[3])
     ax1.bar(x, [r.prefill_tok_s for r in results], color="tab:blue")
     ax1.set_title("prefill tokens/s")
     ax2.bar(x, [r.decode_tok_s for r in results], color="tab:orange", label="decode (median)")
@@ -136,3 +173,28 @@ def plot(results: Sequence[BenchResult], out: str | Path, force: bool = True) ->
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(out)
+
+
+def _plot_contexts(results: Sequence[BenchResult], names: list[str], ax_speed, ax_kv) -> None:
+    for r, name in zip(results, names, strict=True):
+        if not r.contexts:
+            continue
+        ctx = [c.context for c in r.contexts]
+        label = f"{name} (KV {r.contexts[0].kv_cache})"
+        line = ax_speed.plot(ctx, [c.decode_tok_s for c in r.contexts], marker="o", label=label)[0]
+        ax_speed.vlines(
+            ctx, [c.decode_tok_s_min for c in r.contexts], [c.decode_tok_s_max for c in r.contexts],
+            color=line.get_color(), lw=1,
+        )  # fmt: skip
+        measured = all(c.kv_bytes_source == "measured" for c in r.contexts)
+        ax_kv.plot(
+            ctx, [c.kv_bytes / 2**20 for c in r.contexts], marker="o", color=line.get_color(),
+            ls="-" if measured else "--", label=f"{label}{'' if measured else ', computed'}",
+        )  # fmt: skip
+    for ax, title in ((ax_speed, "decode tokens/s vs context"), (ax_kv, "KV cache MB vs context")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens cached")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    ax_speed.set_ylim(bottom=0)
+    ax_kv.set_yscale("log")

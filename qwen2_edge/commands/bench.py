@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_kv_cache, kv_cache_arg
+
 HELP = "benchmark artifacts (ONNX folder, GGUF file, HF checkpoint) in their runtimes against the memory roofline"
 
 
@@ -31,10 +33,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--repeat", type=_positive, default=3, help="timed rounds after one warm-up (default 3)")
     p.add_argument(
+        "--contexts",
+        metavar="N,N,...",
+        help="also measure decode tok/s, ms/token, peak RSS and KV-cache bytes after N cached tokens, for "
+        "each N (comma separated, e.g. 512,4096,16384), each in a fresh process sized for it",
+    )
+    p.add_argument(
         "--window-sweep",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="decode speed at context w, 4w, 8w (default: on for sliding-window models)",
+        help="the same at contexts w, 4w, 8w (default: on for sliding-window models without --contexts)",
+    )
+    add_kv_cache(
+        p,
+        "KV-cache precision of every artifact's runtime (default: each runtime's own default); the "
+        "--reference always runs f32",
     )
     p.add_argument(
         "--sequential",
@@ -42,7 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="measure artifacts one after another instead of loading all and interleaving their rounds",
     )
     p.add_argument("--json", metavar="OUT", help="write machine + per-artifact results as JSON")
-    p.add_argument("--plot", metavar="OUT.png", help="write a bar chart of prefill/decode tokens/s")
+    p.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="write a chart of prefill/decode tokens/s (with contexts: decode tok/s and KV MB vs context)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--plot outputs")
 
 
@@ -52,14 +69,15 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.bandwidth import measure_bandwidth
     from ..bench.measure import BenchOptions
     from ..bench.report import format_table, plot, results_json, write_json
-    from ..bench.run import bench_artifacts
+    from ..bench.run import bench_prepared_all, parse_contexts, prepare_artifacts
     from ..fsutil import check_output
-    from ..runtimes.registry import detect_format
 
+    kv_cache = kv_cache_arg(args)
+    contexts = parse_contexts(args.contexts) if args.contexts is not None else ()
     paths = list(args.artifacts) + ([args.reference] if args.reference else [])
     labels = [""] * len(args.artifacts) + (["reference"] if args.reference else [])
-    for p in paths:  # every bad path is reported before anything is measured
-        detect_format(p)
+    # The float reference is f32 whatever the artifacts' cache.
+    kv_caches = [kv_cache] * len(args.artifacts) + (["f32"] if args.reference else [])
     for out in (args.json, args.plot):
         if out:
             check_output(out, args.force)
@@ -69,20 +87,19 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         repeat=args.repeat,
         window_sweep=args.window_sweep,
+        contexts=contexts,
+        kv_cache=kv_cache,
     )
+    names = [lab or p for lab, p in zip(labels, paths, strict=True)]
+    # Bad paths, cache types a runtime lacks, contexts beyond a model: refused before anything is measured.
+    prepared = prepare_artifacts(paths, opts, names, kv_caches)
     bw = measure_bandwidth(opts.threads)
     print(
         f"memory read bandwidth: {bw.gb_s:.1f} GB/s (best of {bw.passes}, {bw.threads} threads)",
         file=sys.stderr,
     )
-    names = [lab or p for lab, p in zip(labels, paths, strict=True)]
-    results = bench_artifacts(
-        paths,
-        opts,
-        labels=names,
-        bandwidth=bw,
-        progress=lambda m: print(m, file=sys.stderr),
-        interleave=not args.sequential,
+    results = bench_prepared_all(
+        prepared, opts, bw, progress=lambda m: print(m, file=sys.stderr), interleave=not args.sequential
     )
     print(format_table(results))
     if args.json:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .common import add_kv_cache, kv_cache_arg
+
 HELP = "validate artifacts against the float reference (perplexity, KL divergence, top-1, greedy), with gates"
 
 
@@ -31,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--greedy-prompts", type=int, default=4, help="prompts for greedy agreement (default 4)")
     p.add_argument("--greedy-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     p.add_argument("--threads", type=int, default=None)
+    add_kv_cache(
+        p,
+        "the deployed KV cache each artifact is also reported at (default: its runtime's own); the gates "
+        "read the f32-cache row, which measures the weights alone",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing --json / --report files")
 
 
@@ -54,7 +61,11 @@ def print_table(res, out=None) -> None:
             return " *FAIL*" if gate in bad else ""
 
         greedy = ", ".join("=" if d is None else str(d) for d in a.greedy_first_diff)
-        print(f"\n{'PASS' if a.passed else 'FAIL'}  {a.path}  [{a.format}, {a.runtime}, {a.quant}]", file=out)
+        print(
+            f"\n{'PASS' if a.passed else 'FAIL'}  {a.path}  [{a.format}, {a.runtime}, {a.quant}, "
+            f"KV cache {a.kv_cache}]",
+            file=out,
+        )
         lines = [
             f"PPL                 {_num(s['ppl'])} +/- {_num(s['ppl_err'])}",
             f"dPPL                {s['delta_ppl']:+.4g} +/- {s['delta_ppl_err']:.4g} "
@@ -72,6 +83,7 @@ def print_table(res, out=None) -> None:
             lines.append("non-finite logits    *FAIL*")
         if not a.tokenizer_match:
             lines.append("tokenizer           differs from the reference's on the sample text")
+        lines += _deployed_lines(a)
         for line in lines:
             print("  " + line, file=out)
     for note in res.notes:
@@ -79,7 +91,27 @@ def print_table(res, out=None) -> None:
     limits = ", ".join(f"{k}={v:g}" for k, v in res.limits.items())
     n_fail = sum(not a.passed for a in res.artifacts)
     verdict = "all artifacts pass" if res.passed else f"{n_fail} of {len(res.artifacts)} artifact(s) FAIL"
-    print(f"\n{verdict} (gates: {limits})", file=out)
+    print(f"\n{verdict} (gates: {limits}; read with an f32 KV cache)", file=out)
+
+
+def _deployed_lines(a) -> list[str]:
+    """The artifact at its deployed KV cache, under its gated (f32-cache) statistics."""
+    d = a.deployed
+    if d is None:
+        return []
+    if not d.measured:
+        return [f"at deployed KV cache ({d.kv_cache}): the rows above"]
+    s = d.summary
+    greedy = ", ".join("=" if x is None else str(x) for x in d.greedy_first_diff)
+    return [
+        f"at deployed KV cache ({d.kv_cache}), each scored token decoded from the cache (not gated):",
+        f"  mean KLD          {s['kld_mean']:.6g} +/- {s['kld_err']:.3g}   (p99 {s['kld_p99']:.4g}, "
+        f"max {s['kld_max']:.4g})",
+        f"  dPPL              {s['delta_ppl']:+.4g} +/- {s['delta_ppl_err']:.4g} ({100 * s['delta_ppl_rel']:+.3f}%)",
+        f"  same top-1        {100 * s['top1_agreement']:.3f} +/- {100 * s['top1_err']:.3f} %",
+        f"  max |dlogit|      {s['max_dlogit']:.4g}",
+        f"  greedy match      {100 * d.greedy_match:.0f}% of prompts (first difference: {greedy or '-'})",
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         greedy_new_tokens=args.greedy_tokens,
         threads=args.threads,
         progress=None,
+        kv_cache=kv_cache_arg(args),
     )
     if args.text:
         path = Path(args.text)

@@ -23,12 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.report import summary_rows, text_table
-    from ..pipeline.run import run_pipeline
+    from ..pipeline.run import plan_artifacts, run_pipeline
+    from ..runtimes.options import RuntimeOptions
     from ..runtimes.registry import open_session
     from .pipeline import config_from_args, prepare_out
 
     t0 = time.perf_counter()
     cfg = config_from_args(args, teacher="builtin:teacher", model=None, student=None, data=[])
+    plan_artifacts(cfg)
     prepare_out(cfg)
     result = run_pipeline(cfg)
     print()
@@ -40,12 +42,14 @@ def run(args: argparse.Namespace) -> int:
             f"student ppl {tvs.get('student_ppl', 0):.2f}, KLD {tvs.get('kld_mean', 0):.3f}, top-1 {tvs.get('top1_agreement', 0):.3f}"
         )
     print(f"\nsame prompt, greedy, {args.max_new_tokens} tokens: {args.prompt!r}")
-    shown = [("float student (transformers)", result.student)]
+    shown = [("float student (transformers)", result.student, None)]
     for a in result.artifacts:
         if a.quant in ("int4", "q4_0"):
-            shown.append((f"{a.name} ({'onnxruntime' if a.format == 'onnx' else 'llama.cpp'})", a.path))
-    for label, path in shown:
-        with open_session(Path(path), threads=cfg.threads) as s:
+            runtime = "onnxruntime" if a.format == "onnx" else "llama.cpp"
+            shown.append((f"{a.name} ({runtime})", a.path, cfg.kv_cache))
+    for label, path, kv_cache in shown:
+        with open_session(Path(path), options=RuntimeOptions(cfg.threads, kv_cache)) as s:
+            label += f", KV cache {s.kv_cache}"
             ids = s.encode(args.prompt)
             text = s.decode(s.greedy(ids, args.max_new_tokens))
         print(f"--- {label}\n{args.prompt}{text}")

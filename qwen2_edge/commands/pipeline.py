@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_kv_cache, kv_cache_arg
+
 HELP = "distill, quantize, export, validate and benchmark in one command (stages cached)"
 
 
@@ -34,6 +36,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", type=int, default=4, help="check chunks of held-out text")
     p.add_argument("--no-bench", action="store_true", help="skip benchmarking")
     p.add_argument("--threads", type=int, default=None)
+    add_kv_cache(
+        p,
+        "KV cache the artifacts are deployed with: benchmarked at it and checked at it beside the gated "
+        "f32-cache check (default: each runtime's own)",
+    )
     p.add_argument(
         "--force", action="store_true", help="use a non-empty foreign folder / recompute every stage"
     )
@@ -57,6 +64,7 @@ def config_from_args(args: argparse.Namespace, **overrides):
         check_chunks=args.chunks,
         bench=not args.no_bench,
         threads=args.threads,
+        kv_cache=kv_cache_arg(args),
         force=args.force,
     )
     kw.update(overrides)
@@ -83,9 +91,10 @@ def prepare_out(cfg) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.report import summary_rows, text_table
-    from ..pipeline.run import run_pipeline
+    from ..pipeline.run import plan_artifacts, run_pipeline
 
     cfg = config_from_args(args)
+    plan_artifacts(cfg)  # bad formats, quants or --kv-cache: refused before the output folder is touched
     prepare_out(cfg)
     result = run_pipeline(cfg)
     print()

@@ -8,6 +8,8 @@ import json
 import sys
 from collections.abc import Iterator
 
+from .common import add_kv_cache, kv_cache_arg, positive_int_arg
+
 HELP = "generate text from an ONNX folder, GGUF file or checkpoint (prompt or interactive chat), streamed"
 
 
@@ -27,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    add_kv_cache(p, "KV-cache precision (default: the runtime's own: llama.cpp f16, onnxruntime f32)")
+    p.add_argument(
+        "--ctx",
+        metavar="N",
+        default=None,
+        help="positions the session holds (prompt + generation; default: the runtime's choice)",
+    )
     p.add_argument(
         "--transcript", metavar="OUT.json", help="--chat: save the conversation with its token ids"
     )
@@ -115,7 +124,8 @@ def _save_transcript(chat, path: str, force: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..fsutil import check_output
-    from ..runtimes.registry import open_session
+    from ..runtimes.options import RuntimeOptions
+    from ..runtimes.registry import open_session, resolve_kv_cache
     from ..runtimes.sampling import Sampler
     from ..runtimes.streaming import stream_generate
 
@@ -131,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.chat:
             raise UserError("--transcript needs --chat")
         check_output(args.transcript, args.force)
-    session = open_session(args.model, threads=args.threads)  # a bad path fails before reading stdin
+    options = RuntimeOptions(
+        threads=args.threads, kv_cache=kv_cache_arg(args), n_ctx=positive_int_arg("--ctx", args.ctx)
+    )
+    resolve_kv_cache(args.model, options.kv_cache)  # a cache type the runtime lacks: refused before loading
+    session = open_session(args.model, options=options)  # a bad path fails before reading stdin
     prompt = args.prompt
     if prompt is None and not args.chat:
         if sys.stdin.isatty():

@@ -25,6 +25,9 @@ class PipelineConfig:
     bench_prompt_tokens: int = 64
     bench_gen_tokens: int = 32
     threads: int | None = None
+    # The KV cache the artifacts are deployed with (bench, and check's deployed rows; check's gates read
+    # its f32-cache rows); None: each runtime's default.
+    kv_cache: str | None = None
     force: bool = False
 
     def to_json(self) -> dict[str, Any]:

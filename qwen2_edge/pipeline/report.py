@@ -1,5 +1,6 @@
-"""The pipeline's report: one table (artifact, size, bits/weight, KLD, Δppl, top-1, decode tok/s, roofline %)
-as markdown, JSON and a self-contained HTML page."""
+"""The pipeline's report: one table (artifact, size, bits/weight, KLD, Δppl, top-1 with an f32 KV cache, the
+deployed KV cache and KLD, Δppl, top-1 at it, decode tok/s, roofline %) as markdown, JSON and a
+self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -17,9 +18,20 @@ COLUMNS = (
     "kld_mean",
     "delta_ppl",
     "top1",
+    "kv_cache",
+    "kld_at_kv",
+    "dppl_at_kv",
+    "top1_at_kv",
     "decode_tok_s",
     "roofline_pct",
     "passed",
+)
+
+
+KV_NOTE = (
+    "kld_mean, delta_ppl, top1 (gated): each artifact with an f32 KV cache, i.e. its weights alone. "
+    "kv_cache: the KV cache it is deployed and benchmarked with; kld_at_kv, dppl_at_kv, top1_at_kv: "
+    "accuracy at that cache, each scored token decoded from it (the same numbers where it is f32)."
 )
 
 
@@ -30,6 +42,7 @@ def summary_rows(result) -> list[dict[str, Any]]:
     for art in result.artifacts:
         c = by_path_check.get(str(art.path), {})
         b = by_path_bench.get(str(art.path), {})
+        d = c.get("deployed") or {}  # check's row at the deployed KV cache (the gated row's when f32)
         rows.append(
             {
                 "artifact": art.name,
@@ -41,6 +54,10 @@ def summary_rows(result) -> list[dict[str, Any]]:
                 "kld_mean": c.get("kld_mean"),
                 "delta_ppl": c.get("delta_ppl"),
                 "top1": c.get("top1_agreement"),
+                "kv_cache": d.get("kv_cache") or b.get("kv_cache"),
+                "kld_at_kv": d.get("kld_mean"),
+                "dppl_at_kv": d.get("delta_ppl"),
+                "top1_at_kv": d.get("top1_agreement"),
                 "decode_tok_s": b.get("decode_tok_s"),
                 "roofline_pct": None if b.get("roofline_fraction") is None else 100 * b["roofline_fraction"],
                 "passed": c.get("passed"),
@@ -94,7 +111,7 @@ def write_report(cfg, result) -> dict[str, Any]:
             + ", ".join(f"{k} {_fmt(v)}" for k, v in result.teacher_vs_student.items()),
             "",
         ]
-    md += [markdown_table(rows), ""]
+    md += [markdown_table(rows), "", KV_NOTE, ""]
     for r in result.refused:
         md += [f"- {r['artifact']} not written: {r['reason']}"]
     if result.check.get("report"):
@@ -116,6 +133,7 @@ def write_report(cfg, result) -> dict[str, Any]:
             f"<tr{cls}>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in COLUMNS) + "</tr>"
         )
     page.append("</table>")
+    page.append(f"<p>{html.escape(KV_NOTE)}</p>")
     if check_link:
         page.append(
             f"<p>Accuracy details and plots: <a href='{html.escape(Path(check_link).name)}'>{html.escape(Path(check_link).name)}</a></p>"

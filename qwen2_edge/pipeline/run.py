@@ -73,7 +73,23 @@ def plan_artifacts(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
         raise UserError(
             f"none of the quants {', '.join(cfg.quants)} exists in the formats {', '.join(cfg.formats)}"
         )
+    check_kv_cache(cfg)
     return plan
+
+
+def check_kv_cache(cfg: PipelineConfig) -> None:
+    """--kv-cache that a requested format's runtime cannot hold: refused before the first stage."""
+    from ..runtimes.registry import RUNTIMES
+
+    if cfg.kv_cache is None:
+        return
+    for entry in RUNTIMES:
+        cls = entry.session_class()
+        if entry.format in cfg.formats and cfg.kv_cache not in cls.kv_cache_types:
+            raise UserError(
+                f"--kv-cache {cfg.kv_cache}: {entry.runtime} (the {entry.format} runtime) cannot hold it "
+                f"(choose from {', '.join(cls.kv_cache_types)}, or leave --formats {entry.format} out)"
+            )
 
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> PipelineResult:
@@ -139,7 +155,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
 
     # 3. check every artifact against the student's float reference (and the student against the teacher)
     check_key = fingerprint(
-        "check", student_fp, *[a.path for a in artifacts], cfg.check_ctx, cfg.check_chunks
+        "check", student_fp, *[a.path for a in artifacts], cfg.check_ctx, cfg.check_chunks, cfg.kv_cache
     )
 
     def do_check():
@@ -158,8 +174,9 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
     bench: list[dict[str, Any]] = []
     if cfg.bench and artifacts:
         bench_key = fingerprint(
-            "bench", student_fp, *[a.path for a in artifacts], cfg.bench_prompt_tokens, cfg.bench_gen_tokens
-        )
+            "bench", student_fp, *[a.path for a in artifacts], cfg.bench_prompt_tokens, cfg.bench_gen_tokens,
+            cfg.kv_cache,
+        )  # fmt: skip
 
         def do_bench():
             hit = cache.lookup("bench", bench_key, [out / "bench.json"])

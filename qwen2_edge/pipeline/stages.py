@@ -60,7 +60,9 @@ def check(cfg: PipelineConfig, student: Path, artifacts: list, out: Path) -> dic
     from ..validation.compare import CheckOptions, check_artifacts
     from ..validation.report_html import write_report
 
-    opts = CheckOptions(ctx=cfg.check_ctx, chunks=cfg.check_chunks, threads=cfg.threads, progress=None)
+    opts = CheckOptions(
+        ctx=cfg.check_ctx, chunks=cfg.check_chunks, threads=cfg.threads, progress=None, kv_cache=cfg.kv_cache
+    )
     res = check_artifacts(student, [a.path for a in artifacts], opts)
     write_report(res, out / "check.html", force=True)
     data = res.to_json()
@@ -91,10 +93,12 @@ def bench(cfg: PipelineConfig, student: Path, artifacts: list, out: Path) -> lis
         gen_tokens=cfg.bench_gen_tokens,
         threads=cfg.threads or 2,
         repeat=2,
+        kv_cache=cfg.kv_cache,
     )
     paths = [student, *[a.path for a in artifacts]]
     labels = ["float student", *[a.name for a in artifacts]]
-    rows = [r.to_json() for r in bench_artifacts(paths, opts, labels=labels)]
+    kv_caches = ["f32", *[None] * len(artifacts)]  # the float student is the f32 reference
+    rows = [r.to_json() for r in bench_artifacts(paths, opts, labels=labels, kv_caches=kv_caches)]
     with atomic_file(out / "bench.json", force=True) as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
     return rows

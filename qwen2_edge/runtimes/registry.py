@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UnsupportedError
 from ..model.builtin import PREFIX, resolve_model_path
 from .base import Session
 from .options import RuntimeOptions
@@ -24,10 +24,29 @@ class RuntimeEntry:
         module, cls = self.target.split(":")
         return getattr(importlib.import_module(module), cls)
 
+    def resolve_kv_cache(self, path: Path, requested: str | None) -> str:
+        """The KV-cache type this runtime will hold for `requested` (None: its default), without loading
+        anything: a command refuses an impossible request in one line before any work."""
+        return kv_cache_choice(self.session_class(), path, requested)
+
     def open(self, path: Path, threads: int | None = None, options: RuntimeOptions | None = None) -> Session:
         o = options or RuntimeOptions(threads=threads)
         threads = threads if threads is not None else o.threads
         return self.session_class()(path, threads=threads, kv_cache=o.kv_cache, n_ctx=o.n_ctx)
+
+
+def kv_cache_choice(session_class: type[Session], path: str | Path | None, requested: str | None) -> str:
+    """Session.resolve_kv_cache's rule read from the class table (kv_cache_types / default_kv_cache), so it
+    can run before a session is opened; the session applies it again when it opens."""
+    if requested is None:
+        return session_class.default_kv_cache
+    if requested not in session_class.kv_cache_types:
+        raise UnsupportedError(
+            f"{session_class.runtime} cannot hold a {requested} KV cache for this artifact "
+            f"(choose from {', '.join(session_class.kv_cache_types)})",
+            path,
+        )
+    return requested
 
 
 def _is_hf(p: Path) -> bool:
@@ -73,3 +92,10 @@ def open_session(
     """Open an artifact in its runtime; `options` carries the KV-cache type and context length."""
     p = resolve_model_path(path)
     return detect_format(p).open(p, threads=threads, options=options)
+
+
+def resolve_kv_cache(path: str | Path, requested: str | None) -> str:
+    """The KV-cache type the artifact's runtime will hold for `requested` (None: the runtime's default);
+    a one-line error for a path no runtime opens or a type its runtime lacks. Loads nothing."""
+    p = resolve_model_path(path)
+    return detect_format(p).resolve_kv_cache(p, requested)

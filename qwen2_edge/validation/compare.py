@@ -3,6 +3,12 @@
 `check_artifacts(model, artifacts, opts)` is the library call behind `qwen2-edge check` (and the
 pipeline's validation step). It is runtime-agnostic: artifacts are opened through the runtime registry
 and only the `Session` protocol is used on them. The reference is transformers in float32.
+
+Two rows per artifact. The gated row runs it with an f32 KV cache, so it measures the weights (the export)
+alone. The deployed row runs it at the KV cache it ships with (the runtime's default, or the one asked
+for): each scored token is decoded one at a time from the cache, as generation does, so a quantized cache
+shows in every score (a prefill may compute attention before the cache is written). Where the deployed
+cache is f32 the gated row already describes it (its decode gate bounds decode against prefill).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UnsupportedError, UserError
 from ..runtimes.base import Session
 from .expert_load import ExpertLoad
 from .gates import DEFAULT_LIMITS, GATES, evaluate
@@ -40,6 +46,41 @@ class CheckOptions:
     greedy_new_tokens: int = 32
     threads: int | None = None
     progress: bool | None = True  # None: only when stderr is a terminal
+    kv_cache: str | None = None  # the deployed KV cache; None: each artifact's runtime default
+    # Measure the deployed row: None where the deployed cache is not f32 (an f32 one is the gated row),
+    # True always (decoding token by token at f32 too), False never.
+    deployed: bool | None = None
+
+
+# Gates read on the deployed row (the decode gate compares an artifact with itself: gated row only).
+DEPLOYED_GATES = tuple(g for g in GATES if g.key != "decode_kld_max")
+
+
+@dataclass
+class DeployedResult:
+    """An artifact at its deployed KV cache: the scored tokens decoded one at a time from the cache."""
+
+    kv_cache: str
+    measured: bool  # False: the cache is the gated row's (f32), whose numbers are repeated here
+    summary: dict[str, Any]
+    greedy_first_diff: list[int | None]
+    over_limits: list[str]  # gates whose limit this row exceeds (reported, not gated)
+
+    @property
+    def greedy_match(self) -> float:
+        d = self.greedy_first_diff
+        return sum(x is None for x in d) / len(d) if d else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kv_cache": self.kv_cache,
+            "measured": self.measured,
+            "method": "token-by-token decode" if self.measured else "same as the f32-cache row",
+            **{k: v for k, v in self.summary.items() if not k.startswith("decode_")},
+            "greedy_match": self.greedy_match,
+            "greedy_first_diff": self.greedy_first_diff,
+            "over_limits": self.over_limits,
+        }
 
 
 @dataclass
@@ -55,6 +96,8 @@ class ArtifactResult:
     vocab_rows: int
     seconds: float
     kld_by_position: np.ndarray  # mean KLD at each position of a chunk (averaged over chunks)
+    kv_cache: str = "f32"  # the gated row's cache
+    deployed: DeployedResult | None = None
 
     @property
     def passed(self) -> bool:
@@ -76,6 +119,7 @@ class ArtifactResult:
                 "format": self.format,
                 "runtime": self.runtime,
                 "quant": self.quant,
+                "kv_cache": self.kv_cache,
                 **self.summary,
                 "greedy_match": self.greedy_match,
                 "greedy_first_diff": self.greedy_first_diff,
@@ -85,6 +129,7 @@ class ArtifactResult:
                 "gates": self.gates,
                 "failed": self.failed,
                 "passed": self.passed,
+                "deployed": self.deployed.to_json() if self.deployed else None,
             }
         )
 
@@ -103,6 +148,7 @@ class CheckResult:
     expert_load: ExpertLoad | None
     windows: tuple[int | None, ...]
     notes: list[str] = field(default_factory=list)
+    kv_cache: str | None = None  # the deployed KV cache asked for; None: each runtime's default
 
     @property
     def passed(self) -> bool:
@@ -118,6 +164,8 @@ class CheckResult:
                 "score_from": self.score_from,
                 "sliding_windows": sorted({w for w in self.windows if w is not None}),
                 "limits": self.limits,
+                "gated_kv_cache": "f32",
+                "deployed_kv_cache": self.kv_cache or "runtime default",
                 "passed": self.passed,
                 "reference": self.reference,
                 "artifacts": [a.to_json() for a in self.artifacts],
@@ -210,21 +258,102 @@ def _reference_forward(ref, ids: list[int], want_router: bool) -> tuple[np.ndarr
     return out.logits[0].float().numpy(), routers
 
 
-def _open(item: str | Path | Session, threads: int | None, n_ctx: int) -> Session:
-    if isinstance(item, Session):
-        return item
+def decoded_logits(session: Session, chunk: list[int], score_from: int) -> np.ndarray:
+    """Logits at positions score_from .. len(chunk) - 2, each from a one-token decode step after the
+    positions before it were cached (the first score_from tokens are one prefill)."""
+    session.reset()
+    session.append(chunk[:score_from])
+    steps = [session.append([t]) for t in chunk[score_from:-1]]
+    session.reset()
+    return np.concatenate(steps)
+
+
+@dataclass
+class _Candidate:
+    """One artifact's sessions: the gated one (f32 cache) and, when measured, one at its deployed cache."""
+
+    item: str | Path | Session
+    session: Session
+    deployed_kv: str
+    deployed: Session | None = None
+    note: str | None = None
+
+    def close(self) -> None:
+        if not isinstance(self.item, Session):
+            self.session.close()
+        if self.deployed is not None:
+            self.deployed.close()
+
+
+def _session_ctx(opts: CheckOptions, ctx: int, spec) -> int:
+    """Positions a check session must hold: a chunk, or a greedy prompt and its generation (not the model's
+    limit: llama.cpp allocates its cache up front)."""
+    return min(max(ctx, opts.greedy_prompt_tokens + opts.greedy_new_tokens) + 8, spec.max_position_embeddings)
+
+
+def _kv_plan(artifacts: list[str | Path | Session], opts: CheckOptions) -> list[str | Path | Session]:
+    """A bad path, or a cache type an artifact's runtime lacks, is refused here from the runtime tables
+    before anything is loaded."""
+    from ..runtimes.registry import resolve_kv_cache
+
+    for item in artifacts:
+        if not isinstance(item, Session):
+            resolve_kv_cache(item, "f32")
+            resolve_kv_cache(item, opts.kv_cache)
+    return list(artifacts)
+
+
+def _open_candidate(item: str | Path | Session, opts: CheckOptions, n_ctx: int) -> _Candidate:
+    """The gated (f32-cache) session and, where the deployed cache differs (or opts.deployed forces it),
+    a second one at the deployed cache. A runtime's default can depend on the artifact (an ONNX graph is
+    built with its cache type), so without --kv-cache the default session is opened and asked."""
     from ..runtimes.options import RuntimeOptions
     from ..runtimes.registry import open_session
 
-    # An f32 KV cache whatever the runtime's default (llama.cpp: f16): the check measures the weights.
-    # n_ctx: what the check feeds, not the model's limit (llama.cpp allocates its cache up front).
-    return open_session(item, options=RuntimeOptions(threads=threads, kv_cache="f32", n_ctx=n_ctx))
+    if isinstance(item, Session):  # given as is: its own cache, no deployed twin
+        return _Candidate(item, item, item.kv_cache)
+
+    def session(kv: str | None) -> Session:
+        return open_session(item, options=RuntimeOptions(opts.threads, kv, n_ctx))
+
+    first = session(opts.kv_cache)  # the deployed setting
+    deployed = first.kv_cache
+    if deployed == "f32":
+        c = _Candidate(item, first, deployed)
+        if opts.deployed:
+            try:
+                c.deployed = session(opts.kv_cache)
+            except BaseException:
+                first.close()
+                raise
+        return c
+    c = _Candidate(item, first, deployed, deployed=first)
+    try:
+        c.session = session("f32")
+    except UnsupportedError as e:
+        # The artifact holds its own cache type (an ONNX graph exported with --kv-cache): no f32 run exists,
+        # so its one row, gated, is at that cache.
+        c.deployed, c.note = None, f"{e}; its gated row is at its own {deployed} KV cache"
+        return c
+    except BaseException:
+        first.close()
+        raise
+    if opts.deployed is False:
+        first.close()
+        c.deployed = None
+    return c
 
 
-def _tokens_needed(spec, opts: CheckOptions) -> int:
-    """The longest sequence a session sees: a chunk, or a greedy prompt with its generation."""
-    need = max(opts.ctx or default_ctx(spec), opts.greedy_prompt_tokens + opts.greedy_new_tokens)
-    return min(need, spec.max_position_embeddings)  # _run refuses a longer --ctx in one line
+def _open_candidates(plan: list[str | Path | Session], opts: CheckOptions, n_ctx: int) -> list[_Candidate]:
+    out: list[_Candidate] = []
+    try:
+        for item in plan:
+            out.append(_open_candidate(item, opts, n_ctx))
+    except BaseException:
+        for c in out:
+            c.close()
+        raise
+    return out
 
 
 def check_artifacts(
@@ -241,23 +370,48 @@ def check_artifacts(
     unknown = set(opts.limits) - {g.name for g in GATES}
     if unknown:
         raise UserError(f"unknown gate(s) {', '.join(sorted(unknown))}")
-    # Open everything first so a bad path fails before minutes of computation.
+    # Open everything first so a bad path or cache type fails before minutes of computation.
+    plan = _kv_plan(artifacts, opts)
     ref = model if isinstance(model, Session) else ReferenceSession(model, threads=opts.threads)
     if not isinstance(ref, ReferenceSession):
         raise UserError("the reference must be a Hugging Face checkpoint (transformers, float32)", ref.path)
-    sessions = [_open(a, opts.threads, _tokens_needed(ref.spec, opts)) for a in artifacts]
+    ctx = _check_ctx(ref.spec, opts)
+    candidates = _open_candidates(plan, opts, _session_ctx(opts, ctx, ref.spec))
     try:
-        return _run(ref, sessions, opts)
+        return _run(ref, candidates, opts, ctx)
     finally:
-        for a, s in zip(artifacts, sessions, strict=True):
-            if not isinstance(a, Session):
-                s.close()
+        for c in candidates:
+            c.close()
 
 
-def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
-    spec = ref.spec
-    notes: list[str] = []
+def _deployed_result(
+    c: _Candidate,
+    chunks: list[TokenStats],
+    gated: dict[str, Any],
+    gated_diffs: list[int | None],
+    prompts: list[list[int]],
+    ref_gen: list[list[int]],
+    opts: CheckOptions,
+) -> DeployedResult:
+    """The deployed row: measured from the deployed session's decoded chunks and greedy generations, or the
+    gated row's numbers where no deployed session was opened (its cache is the gated one)."""
+    if c.deployed is None:
+        return DeployedResult(c.deployed_kv, False, dict(gated), list(gated_diffs), [])
+    summary = summarize(TokenStats.concat(chunks))
+    with _runtime_errors(c.deployed):
+        diffs = [
+            first_difference(g, c.deployed.greedy(p, opts.greedy_new_tokens))
+            for p, g in zip(prompts, ref_gen, strict=True)
+        ]
+    over = []
+    for g in DEPLOYED_GATES:
+        limit = opts.limits.get(g.name, g.default)
+        if not g.holds(summary, limit):
+            over.append(f"{g.key} {summary.get(g.key):.4g} beyond {g.name} {limit:g}")
+    return DeployedResult(c.deployed_kv, True, summary, diffs, over)
 
+
+def _check_ctx(spec, opts: CheckOptions) -> int:
     ctx = opts.ctx or default_ctx(spec)
     if ctx < 4:
         raise UserError(f"--ctx {ctx} is too small (at least 4 tokens)")
@@ -265,6 +419,13 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
         raise UserError(
             f"--ctx {ctx} exceeds the model's max_position_embeddings {spec.max_position_embeddings}"
         )
+    return ctx
+
+
+def _run(ref, candidates: list[_Candidate], opts: CheckOptions, ctx: int) -> CheckResult:
+    spec = ref.spec
+    notes: list[str] = [c.note for c in candidates if c.note]
+    sessions = [c.session for c in candidates]
     if spec.has_sliding and ctx <= spec.max_window:
         notes.append(f"ctx {ctx} <= sliding window {spec.max_window}: windowed attention is not exercised")
     if opts.text is None:
@@ -289,6 +450,7 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
 
     expert_load = ExpertLoad.for_spec(spec)
     per_chunk: list[list[TokenStats]] = [[] for _ in sessions]
+    deployed_chunks: list[list[TokenStats]] = [[] for _ in sessions]
     ref_nll: list[np.ndarray] = []
     widths = [0] * len(sessions)
     seconds = [0.0] * len(sessions)
@@ -313,6 +475,15 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
             seconds[i] += time.perf_counter() - t0
             widths[i] = cand.shape[1]
             per_chunk[i].append(compare_logits(ref_logits[:-1], cand[:-1], targets))
+            d = candidates[i].deployed
+            if d is not None:
+                t0 = time.perf_counter()
+                with _runtime_errors(d):
+                    dec = decoded_logits(d, chunk, score_from)
+                seconds[i] += time.perf_counter() - t0
+                deployed_chunks[i].append(
+                    compare_logits(ref_logits[score_from:-1], dec, targets[score_from:])
+                )
         lp = log_softmax64(ref_logits[score_from:-1])
         ref_nll.append(-lp[np.arange(len(lp)), targets[score_from:]])
 
@@ -342,6 +513,15 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
             dec_kld, dec_dlogit = decode_consistency(s, chunks[0], min(16, ctx - score_from))
         summary["decode_kld_max"], summary["decode_max_dlogit"] = dec_kld, dec_dlogit
         seconds[i] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        deployed = _deployed_result(candidates[i], deployed_chunks[i], summary, diffs, prompts, ref_gen, opts)
+        seconds[i] += time.perf_counter() - t0
+        if deployed.over_limits:
+            notes.append(
+                f"{s.path}: at the deployed {deployed.kv_cache} KV cache, "
+                + ", ".join(deployed.over_limits)
+                + " (reported, not gated: the gates read the f32-cache row)"
+            )
         if widths[i] != ref_logits.shape[1]:
             notes.append(
                 f"{s.path}: {widths[i]} logit rows vs the reference's {ref_logits.shape[1]}; "
@@ -360,6 +540,8 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
                 vocab_rows=widths[i],
                 seconds=seconds[i],
                 kld_by_position=np.mean([c.kld for c in per_chunk[i]], axis=0),
+                kv_cache=getattr(s, "kv_cache", "f32"),
+                deployed=deployed,
             )
         )
     return CheckResult(
@@ -375,4 +557,5 @@ def _run(ref, sessions: list[Session], opts: CheckOptions) -> CheckResult:
         expert_load=expert_load,
         windows=spec.windows,
         notes=notes,
+        kv_cache=opts.kv_cache,
     )

@@ -107,27 +107,41 @@ def _row(cells: list[str], bad: list[bool] | None = None, tag: str = "td") -> st
     ) + "</tr>"  # fmt: skip
 
 
+def _stat_cells(s: dict) -> list[str]:
+    """PPL through max |dlogit|: the columns a gated row and a deployed row share."""
+    return [
+        f"{_num(s['ppl'])} ± {_num(s['ppl_err'])}",
+        f"{s['delta_ppl']:+.4g} ± {s['delta_ppl_err']:.3g} ({100 * s['delta_ppl_rel']:+.2f}%)",
+        f"{s['kld_mean']:.4g} ± {s['kld_err']:.2g}", f"{s['kld_p99']:.4g}", f"{s['kld_p999']:.4g}",
+        f"{s['kld_max']:.4g}", f"{100 * s['top1_agreement']:.2f} ± {100 * s['top1_err']:.2f}",
+        f"{100 * s['rms_dp']:.4f}", f"{100 * s['mean_dp']:+.4f}", f"{s['max_dlogit']:.4g}",
+    ]  # fmt: skip
+
+
 def render_html(res: CheckResult) -> str:
     e = html.escape
     ref = res.reference
-    head = ["artifact", "format", "runtime", "quant", "PPL", "dPPL", "mean KLD", "KLD p99", "KLD p99.9",
+    head = ["artifact", "format", "runtime", "quant", "KV cache", "PPL", "dPPL", "mean KLD", "KLD p99", "KLD p99.9",
             "KLD max", "top-1 %", "RMS dp %", "mean dp %", "max |dlogit|", "decode/prefill KLD", "greedy match", "result"]  # fmt: skip
     rows = [_row(head, tag="th")]
     for a in res.artifacts:
         s, f = a.summary, set(a.failed)
         cells = [
-            a.path, a.format, a.runtime, a.quant,
-            f"{_num(s['ppl'])} ± {_num(s['ppl_err'])}",
-            f"{s['delta_ppl']:+.4g} ± {s['delta_ppl_err']:.3g} ({100 * s['delta_ppl_rel']:+.2f}%)",
-            f"{s['kld_mean']:.4g} ± {s['kld_err']:.2g}", f"{s['kld_p99']:.4g}", f"{s['kld_p999']:.4g}",
-            f"{s['kld_max']:.4g}", f"{100 * s['top1_agreement']:.2f} ± {100 * s['top1_err']:.2f}",
-            f"{100 * s['rms_dp']:.4f}", f"{100 * s['mean_dp']:+.4f}", f"{s['max_dlogit']:.4g}",
+            a.path, a.format, a.runtime, a.quant, a.kv_cache, *_stat_cells(s),
             f"{s['decode_kld_max']:.3g}", f"{100 * a.greedy_match:.0f}%", "PASS" if a.passed else "FAIL: " + ", ".join(a.failed),
         ]  # fmt: skip
         bad = [False] * len(cells)
-        bad[5], bad[6], bad[10] = "max_dppl" in f, "max_kld" in f, "min_top1" in f
-        bad[14], bad[16] = "max_decode_kld" in f, not a.passed
+        bad[6], bad[7], bad[11] = "max_dppl" in f, "max_kld" in f, "min_top1" in f
+        bad[15], bad[17] = "max_decode_kld" in f, not a.passed
         rows.append(_row(cells, bad))
+        d = a.deployed
+        if d is not None and d.measured:  # the same artifact at the KV cache it ships with (not gated)
+            over = ", ".join(d.over_limits)
+            cells = [
+                f"{a.path} (deployed)", a.format, a.runtime, a.quant, d.kv_cache, *_stat_cells(d.summary),
+                "-", f"{100 * d.greedy_match:.0f}%", "not gated" + (f": {over}" if over else ""),
+            ]  # fmt: skip
+            rows.append(_row(cells))
     figs = [("KL divergence along the token position", plot_kld_by_position(res)),
             ("Per-artifact quality (red: gate failed)", plot_artifact_bars(res))]  # fmt: skip
     moe = plot_expert_load(res)
@@ -148,7 +162,9 @@ td:first-child{{text-align:left}} .bad{{background:#fbb;font-weight:bold}} img{{
 <h1>qwen2-edge check: {verdict}</h1>
 <p>Reference <code>{e(ref["path"])}</code> ({e(ref["runtime"])}, float32): PPL {_num(ref["ppl"])} ± {_num(ref["ppl_err"])}
 over {ref["tokens"]} scored tokens; text {e(res.text_source)} ({res.text_tokens} tokens), {res.chunks} chunks of
-{res.ctx} tokens, positions from {res.score_from} scored. Gates: {e(limits)}.</p>
+{res.ctx} tokens, positions from {res.score_from} scored. Gates: {e(limits)}, read on each artifact's f32-cache
+row (the weights alone); a "deployed" row is the artifact at the KV cache it ships with, each scored token
+decoded one at a time from that cache (reported, not gated).</p>
 <table>{"".join(rows)}</table>
 <ul>{notes}</ul>
 {fig_html}
