@@ -50,3 +50,4 @@ def test_one_step_run_fills_every_stage_and_reuses_the_student(tmp_path):
     assert st.main([*args, "--stages", "params"]) == 0
     again = json.loads((tmp_path / "results.json").read_text())["students"]["moe_windowed"]
     assert again["distill"]["reused"] is True and again["params"] == p
+    assert again["int4"] == row["int4"]  # a stage not rerun keeps its section (same weights)
