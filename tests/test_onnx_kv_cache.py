@@ -258,3 +258,24 @@ def test_export_kv_cache_flag_is_onnx_only(fixture_dir, tmp_path):
     with pytest.raises(UserError, match="multiple of 32"):
         export_model(fixture_dir("sliding"), fmt="onnx", quant="f32", out=tmp_path / "y", kv_cache="q4_0")
     assert not (tmp_path / "y").exists()
+
+
+def test_session_reads_the_recorded_spec_without_transformers(f32_folder, fixture_dir):
+    """The exporter records the resolved layer plan in manifest.json; an onnxruntime session reads it as
+    plain JSON, so opening an ONNX folder never imports torch or transformers (~250 MB of resident memory,
+    which would swamp a small model's KV-cache savings in bench's peak RSS)."""
+    import subprocess
+    import sys
+
+    from qwen2_edge.model.spec import read_spec
+
+    for name in WINDOWED:
+        assert OnnxSession(f32_folder(name)).spec == read_spec(fixture_dir(name))
+    code = (
+        "import sys; from qwen2_edge.runtimes.onnxruntime import OnnxSession; "
+        f"s = OnnxSession({str(f32_folder('moe_sliding'))!r}); s.greedy([1, 2, 3], 4); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ A saved `layer_types` is taken as written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,46 @@ class ModelSpec:
     def family_row(self) -> Family:
         return FAMILIES[self.architecture]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as JSON (without the raw config): what an exported artifact records, so its
+        runtime reads the layer plan without rebuilding it through transformers (which costs ~250 MB)."""
+        out = {k: getattr(self, k) for k in _SCALAR_FIELDS}
+        out["eos_token_id"] = list(self.eos_token_id)
+        out["layers"] = [
+            {"window": layer.attention.window, "ffn": {"kind": layer.ffn.kind, **asdict(layer.ffn)}}
+            for layer in self.layers
+        ]
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], config: dict[str, Any] | None = None) -> ModelSpec:
+        """Inverse of to_dict; a malformed record is a ValueError (the caller names the file)."""
+        try:
+            layers = []
+            for i, d in enumerate(data["layers"]):
+                ffn = dict(d["ffn"])
+                kind = ffn.pop("kind")
+                layers.append(LayerSpec(i, Attention(d["window"]), (DenseFFN if kind == "dense" else MoEFFN)(**ffn)))
+            scalars = {k: data[k] for k in _SCALAR_FIELDS}
+            return ModelSpec(
+                **scalars,
+                eos_token_id=tuple(int(x) for x in data["eos_token_id"]),
+                layers=tuple(layers),
+                config=dict(config or {}),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed model spec record ({e})") from None
+
     def hf_config(self):  # -> transformers.PretrainedConfig
         """The transformers config object for this spec (what the reference model is built from)."""
         return _build_hf_config(self.family_row, self.config, Path("config.json"))
+
+
+_SCALAR_FIELDS = (
+    "family", "architecture", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+    "rope_theta", "rope_scaling", "rms_norm_eps", "tie_word_embeddings", "qkv_bias", "max_position_embeddings",
+    "bos_token_id", "pad_token_id",
+)  # fmt: skip
 
 
 def read_spec(config_path: str | Path) -> ModelSpec:

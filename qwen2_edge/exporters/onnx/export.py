@@ -215,6 +215,7 @@ def _manifest(ckpt, quant, weights: Weights, ops: dict[str, int], plan, external
         "quant": quant,
         "source": str(ckpt.path),
         "architecture": spec.architecture,
+        "spec": spec.to_dict(),
         "windows": list(spec.windows),
         "moe_layers": [layer.index for layer in spec.layers if layer.ffn.kind == "moe"],
         "compute_dtype": "float32",
