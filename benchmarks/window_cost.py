@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# llama.cpp's OpenMP threads spin while waiting; on a shared machine that distorts every number (see
-# benchmarks/gguf_decode.py). Set before any runtime is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# llama.cpp's OpenMP threads spin while waiting (OMP_WAIT_POLICY=ACTIVE, its default). On a shared machine
+# that distorts every number and PASSIVE is kinder; on an idle one PASSIVE costs 8x at 2 threads on the
+# window checkpoint (217 vs 1748 tok/s, measured 2026-12-02). So it is left to the caller's environment.
 
 PREFILL_CHUNK = 512
 
