@@ -20,6 +20,11 @@ allocated at creation, full layers n_ctx cells, sliding layers their ring; onnxr
 now); "held" (llama.cpp, `kv_cache_usage()`) is what the sequence holds now in the full-attention and the
 sliding layers, measured by llama.cpp's state serializer: a windowed layer's share stops growing at w.
 Memory: each context again in a fresh child process (same n_ctx): peak RSS (VmHWM) after filling it.
+
+Before/after: the script also runs in a checkout from before issue 13, e.g.
+    git worktree add /tmp/before 15d61a4 && cp benchmarks/window_cost.py /tmp/before/benchmarks/
+    (cd /tmp/before && python -m benchmarks.window_cost ARTIFACTS-EXPORTED-THERE...)
+benchmarks/window_cost_results.txt holds both, run back to back on the idle machine.
 """
 
 from __future__ import annotations
@@ -42,9 +47,19 @@ PREFILL_CHUNK = 512
 
 
 def _open(path: str, kv_cache: str | None, n_ctx: int, threads: int):
-    from qwen2_edge.runtimes.options import RuntimeOptions
     from qwen2_edge.runtimes.registry import open_session
 
+    try:
+        from qwen2_edge.runtimes.options import RuntimeOptions
+    except ImportError:  # a checkout from before issue 13 (the "before" column): no options, no KV types
+        import importlib
+
+        from qwen2_edge.runtimes.registry import detect_format
+
+        entry = detect_format(path)
+        module, cls = entry.target.split(":")
+        factory = getattr(importlib.import_module(module), cls)
+        return factory(path, threads=threads, n_ctx=n_ctx) if entry.format == "gguf" else factory(path, threads=threads)
     return open_session(path, threads=threads, options=RuntimeOptions(kv_cache=kv_cache, n_ctx=n_ctx))
 
 
@@ -68,7 +83,8 @@ def _fill(session, ids: list[int]) -> tuple[float, int]:
 
 
 def _kv(session) -> dict[str, Any]:
-    out: dict[str, Any] = {"kv_bytes": session.kv_cache_bytes()}
+    kv_bytes = getattr(session, "kv_cache_bytes", None)  # absent before issue 13
+    out: dict[str, Any] = {"kv_bytes": kv_bytes() if kv_bytes else None}
     usage = getattr(session, "kv_cache_usage", None)
     if usage is not None:
         out["kv"] = {k: vars(v) for k, v in usage().items()}
@@ -122,7 +138,7 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
     from qwen2_edge.bench.measure import _peak_rss_mb, _rss_mb
     from qwen2_edge.runtimes.registry import detect_format
 
-    detect_format(request["path"]).session_class()  # import the runtime: its libraries count in the base
+    __import__(detect_format(request["path"]).target.split(":")[0])  # the runtime's libraries count in the base
     base = _rss_mb()
     s = _open(request["path"], request["kv_cache"], request["n_ctx"], request["threads"])
     opened = _rss_mb()
