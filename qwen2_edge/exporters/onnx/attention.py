@@ -21,11 +21,15 @@ def ort_local_window(window: int | None) -> int:
 
 
 def inverse_frequencies(spec: ModelSpec) -> tuple[np.ndarray, float]:
-    """RoPE inverse frequencies and output scaling, from transformers' own rope initializers."""
+    """RoPE inverse frequencies and output scaling, from transformers' own rope initializers (default RoPE:
+    the same float32 torch expression as its Qwen2RotaryEmbedding, so the graph's float32 angles are
+    bit-identical to the reference's)."""
     if spec.rope_scaling is None:
+        import torch
+
         hd = spec.head_dim
-        inv = 1.0 / (spec.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-        return inv, 1.0
+        inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float) / hd))
+        return inv.numpy(), 1.0
     rope_type = spec.rope_scaling.get("rope_type", spec.rope_scaling.get("type"))
     if rope_type == "dynamic":
         raise UnsupportedError(
@@ -40,13 +44,27 @@ def inverse_frequencies(spec: ModelSpec) -> tuple[np.ndarray, float]:
 
 
 def rotary_caches(g: Graph, spec: ModelSpec) -> tuple[str, str]:
-    """cos/sin caches [max_positions, head_dim / 2], computed in float64 then stored as float32."""
+    """cos/sin caches [max_positions, head_dim / 2] as a constant subgraph onnxruntime folds at load:
+    Range(positions) x inv_freq -> Cos / Sin, in float32 like transformers' own rotary embedding. Stored
+    tables would cost 2 x max_positions x head_dim x 2 bytes on disk (8.4 MB at 32768 positions and head
+    size 64, four times the int4 weights of a small student) for what is one row per token."""
     inv, scaling = inverse_frequencies(spec)
-    pos = np.arange(spec.max_position_embeddings, dtype=np.float64)[:, None]
-    angles = pos * inv[None, :]
-    cos = (np.cos(angles) * scaling).astype(np.float32)
-    sin = (np.sin(angles) * scaling).astype(np.float32)
-    return g.weight("cos_cache", cos), g.weight("sin_cache", sin)
+    node = "/model/rotary_emb"
+    inv_freq = g.weight("model.rotary_emb.inv_freq", inv.astype(np.float32)[None, :])
+    positions = g.op(
+        "Range",
+        [g.scalar(0.0), g.scalar(float(spec.max_position_embeddings)), g.scalar(1.0)],
+        f"{node}/Range",
+    )
+    positions = g.op("Unsqueeze", [positions, g.const([1])], f"{node}/Unsqueeze")
+    angles = g.op("Mul", [positions, inv_freq], f"{node}/Mul")
+    caches = []
+    for fn, name in (("Cos", "cos_cache"), ("Sin", "sin_cache")):
+        out = g.op(fn, [angles], f"{node}/{fn}")
+        if scaling != 1.0:
+            out = g.op("Mul", [out, g.const(float(scaling), np.float32)], f"{node}/{fn}/Mul")
+        caches.append(g.op("Identity", [out], f"{node}/{name}"))
+    return caches[0], caches[1]
 
 
 def group_query_attention(

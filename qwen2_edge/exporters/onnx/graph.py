@@ -65,6 +65,14 @@ class Graph:
             self._consts[key] = self.weight(f"/model/constants/{arr.dtype.name}/{shape}/{text}", arr)
         return self._consts[key]
 
+    def scalar(self, value: float, dtype=np.float32) -> str:
+        """A 0-d constant (Range's inputs must be scalars; const() makes shape [1] for a single value)."""
+        arr = np.array(value, dtype=dtype)
+        name = f"/model/constants/{arr.dtype.name}/scalar/{value}"
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(arr, name)
+        return name
+
     def add_input(self, name: str, elem_type: int, shape: list[int | str]) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
         return name
