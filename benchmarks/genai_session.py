@@ -48,7 +48,7 @@ class GenaiSession(Session):
     def n_cached(self) -> int:
         return self._n
 
-    def append(self, ids: Sequence[int]) -> np.ndarray:
+    def append(self, ids: Sequence[int], last_only: bool = False) -> np.ndarray:  # noqa: ARG002 - always last
         if self._gen is None:
             params = self._og.GeneratorParams(self.model)
             params.set_search_options(max_length=self.max_length, do_sample=False)

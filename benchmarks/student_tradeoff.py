@@ -69,6 +69,7 @@ class Run:
     method: str
     retrain: bool
     log: Callable[[str], None]
+    bench_threads: int = 2
     cache: dict[str, Any] = field(default_factory=dict)  # shared across students (the teacher's numbers)
 
     def train_config(self):
@@ -241,12 +242,50 @@ def stage_int4(run: Run, s: Student, row: dict) -> None:
     }
 
 
+def stage_speed(run: Run, s: Student, row: dict) -> None:
+    """The device half: the student's int4 ONNX folder and Q4_0 GGUF (from the int4 stage) in their runtimes
+    at each runtime's default KV cache (onnxruntime f32, llama.cpp f16), `qwen2-edge bench --contexts`:
+    decode tok/s, ms/token, peak RSS and KV bytes after 512 / 4096 / 16384 cached tokens, each context in a
+    fresh process sized for it, the two artifacts' rounds interleaved."""
+    from qwen2_edge.bench.measure import BenchOptions
+    from qwen2_edge.bench.run import bench_artifacts
+
+    folder = s.folder(run)
+    paths = [folder / "onnx-int4", folder / "student-q4_0.gguf"]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"{s.name}: run the int4 stage first (missing {', '.join(missing)})")
+    opts = BenchOptions(threads=run.bench_threads, repeat=3, contexts=CONTEXTS, window_sweep=False,
+                        prompt_tokens=128, gen_tokens=32)  # fmt: skip
+    results = bench_artifacts(paths, opts, labels=["onnx int4", "gguf q4_0"], progress=run.log)
+    row["speed"] = {
+        "source": f"bench_artifacts(contexts={list(CONTEXTS)}), {run.bench_threads} threads, runtime default KV",
+        **{
+            r.format: {
+                "kv_cache": r.contexts[0].kv_cache if r.contexts else None,
+                "file_mb": r.file_mb,
+                "contexts": {
+                    str(c.context): {
+                        "decode_tok_s": c.decode_tok_s, "ms_per_token": c.ms_per_token,
+                        "peak_rss_mb": c.peak_rss_mb, "baseline_rss_mb": c.baseline_rss_mb,
+                        "kv_bytes": c.kv_bytes, "kv_bytes_source": c.kv_bytes_source,
+                        "bytes_per_token": c.bytes_per_token,
+                    }  # fmt: skip
+                    for c in r.contexts
+                },
+            }
+            for r in results
+        },
+    }
+
+
 STAGES: dict[str, Callable[[Run, Student, dict], None]] = {
     "distill": stage_distill,
     "params": stage_params,
     "quality": stage_quality,
     "long_ctx": stage_long_ctx,
     "int4": stage_int4,
+    "speed": stage_speed,
 }
 
 
@@ -305,6 +344,8 @@ def markdown(rows: dict[str, dict], meta: dict) -> str:
                 step_mb, _f(g(r, "distill", "train_seconds"), ".0f"),
             ]) + " |"
         )  # fmt: skip
+    if any(g(r, "speed") for r in rows.values()):
+        lines += ["", *speed_table(rows, base)]
     t = next((r for r in rows.values() if g(r, "quality", "teacher_ppl")), {})
     lc = next((r for r in rows.values() if g(r, "long_ctx", "teacher_ppl")), {})
     lines += [
@@ -319,6 +360,40 @@ def markdown(rows: dict[str, dict], meta: dict) -> str:
         "with an f16 KV cache (weights read + KV rows attended), computed, not timed.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def speed_table(rows: dict[str, dict], base: dict) -> list[str]:
+    """Decode tok/s and peak RSS per context and runtime, each with its ratio to the dense student."""
+    cs = [str(c) for c in CONTEXTS]
+    out = [
+        "| student | runtime (KV cache) | decode tok/s @" + " / ".join(cs) + " | vs dense | peak RSS MB @"
+        + " / ".join(cs) + " | vs dense | KV MiB @" + " / ".join(cs) + " |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        for fmt in ("onnx", "gguf"):
+            sp = ((r.get("speed") or {}).get(fmt)) or {}
+            bp = ((base.get("speed") or {}).get(fmt)) or {}
+            if not sp:
+                continue
+            ctx, bctx = sp["contexts"], bp.get("contexts", {})
+
+            def col(key: str, d: dict, fmt_: str) -> str:
+                return " / ".join(_f((d.get(c) or {}).get(key), fmt_) for c in cs)
+
+            def ratio(key: str, ctx: dict = ctx, bctx: dict = bctx) -> str:
+                return " / ".join(
+                    f"{ctx[c][key] / bctx[c][key]:.2f}x" if c in ctx and c in bctx and bctx[c][key] else "-"
+                    for c in cs
+                )
+
+            kv = " / ".join(_f((ctx.get(c) or {}).get("kv_bytes", 0) / 2**20, ".2f") for c in cs)
+            out.append(
+                f"| {name} | {'onnxruntime' if fmt == 'onnx' else 'llama.cpp'} ({sp.get('kv_cache')}) | "
+                f"{col('decode_tok_s', ctx, '.0f')} | {ratio('decode_tok_s')} | {col('peak_rss_mb', ctx, '.0f')} | "
+                f"{ratio('peak_rss_mb')} | {kv} |"
+            )
+    return out
 
 
 def write_results(run: Run, rows: dict[str, dict], meta: dict) -> None:
@@ -355,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="chunks of --ctx tokens (scored on their second half)")
     ap.add_argument("--method", default="rtn", choices=("rtn", "gptq"), help="int4 quantization method")
     ap.add_argument("--retrain", action="store_true", help="distill even when a matching student exists")
+    ap.add_argument("--bench-threads", type=int, default=2, help="runtime threads in the speed stage")
     args = ap.parse_args(argv)  # fmt: skip
 
     import torch
@@ -368,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         out=Path(args.out), steps=args.steps, seed=args.seed, threads=args.threads,
         eval_seqs=args.eval_seqs or None,
         ctx=args.ctx, chunks=args.chunks, method=args.method, retrain=args.retrain, log=log,
+        bench_threads=args.bench_threads,
     )  # fmt: skip
     students = [resolve_student(x) for x in args.students.split(",") if x]
     meta = {

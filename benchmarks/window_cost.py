@@ -72,12 +72,20 @@ def _prompt(session, n: int) -> list[int]:
     return ids[:n]
 
 
+def _append(session, ids: list[int]):
+    """The last position's logits (all of them in a checkout from before Session.append's last_only)."""
+    try:
+        return session.append(ids, last_only=True)
+    except TypeError:
+        return session.append(ids)
+
+
 def _fill(session, ids: list[int]) -> tuple[float, int]:
     """Empty the cache, feed `ids` in chunks; (seconds, greedy next token)."""
     session.reset()
     t0 = time.perf_counter()
     for i in range(0, len(ids), PREFILL_CHUNK):
-        logits = session.append(ids[i : i + PREFILL_CHUNK])
+        logits = _append(session, ids[i : i + PREFILL_CHUNK])
     secs = time.perf_counter() - t0
     return secs, int(logits[-1].argmax())
 
@@ -109,7 +117,7 @@ def time_contexts(path: str, kv_cache: str | None, contexts: list[int], n_ctx: i
         for i in range(a.gen):
             for c in order[i % len(order) :] + order[: i % len(order)]:
                 t0 = time.perf_counter()
-                logits = sessions[c].append([nxt[c]])
+                logits = _append(sessions[c], [nxt[c]])
                 res[c]["decode"].append(time.perf_counter() - t0)
                 nxt[c] = int(logits[-1].argmax())
     for c, s in sessions.items():

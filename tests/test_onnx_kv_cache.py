@@ -122,17 +122,22 @@ def test_genai_and_our_session_agree_past_eight_windows(name, f32_folder):
     assert section["layers"] == [i for i, w in enumerate(spec.windows) if w is not None]
     assert section["window_size"] == spec.max_window and section["cache_slack"] == WINDOW_CACHE_SLACK
     prompt = IDS[:72]
+    tokens = _genai_greedy(og, folder, prompt, 16)
+    assert len(tokens) == 16
+    assert tokens == OnnxSession(folder).greedy(prompt, 16)
+
+
+def _genai_greedy(og, folder, prompt: list[int], n: int) -> list[int]:
     model = og.Model(str(folder))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + 16, do_sample=False)
+    params.set_search_options(max_length=len(prompt) + n, do_sample=False)
     gen = og.Generator(model, params)
     gen.append_tokens(prompt)
     tokens = []
     while not gen.is_done():
         gen.generate_next_token()
         tokens.append(int(gen.get_next_tokens()[0]))
-    assert len(tokens) == 16
-    assert tokens == OnnxSession(folder).greedy(prompt, 16)
+    return tokens
 
 
 # -- KV-cache precision ----------------------------------------------------------------------------------
@@ -167,6 +172,10 @@ def test_kv_scales_are_calibrated_per_channel_at_export(f32_folder):
     for sides in calib["absmax"].values():
         for values in sides.values():
             assert len(values) == spec.num_kv_heads * spec.head_dim and min(values) > 0
+    for name in WINDOWED:  # guards reading a windowed buffer's unspecified rows (uninitialized: NaN, inf)
+        absmax = json.loads((f32_folder(name) / "manifest.json").read_text())["kv_cache_scales"]["absmax"]
+        values = np.array([v for sides in absmax.values() for side in sides.values() for v in side])
+        assert np.isfinite(values).all() and values.min() > 0 and values.max() < 1e3
     # keys are stored after the rotary embedding, which mixes channel i with i + head_dim/2: the cached
     # pair has the same peak norm, so their |max| stay within a factor ~2 (guards a pre-rotary calibration)
     k = np.array(calib["absmax"]["0"]["k"]).reshape(spec.num_kv_heads, 2, spec.head_dim // 2)
@@ -234,16 +243,7 @@ def test_kv_cache_baked_at_export_runs_in_genai_like_ours(kv, fixture_dir, tmp_p
     ours = OnnxSession(folder)
     assert ours.kv_cache == kv
     prompt = IDS[:72]
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + 12, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(prompt)
-    tokens = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        tokens.append(int(gen.get_next_tokens()[0]))
-    assert tokens == ours.greedy(prompt, 12)
+    assert _genai_greedy(og, folder, prompt, 12) == ours.greedy(prompt, 12)
     from qwen2_edge.errors import UnsupportedError
 
     with pytest.raises(UnsupportedError, match=f"holds a {kv} KV cache"):
@@ -295,3 +295,49 @@ def test_rotary_tables_are_computed_at_load_not_stored(fixture_dir, hf_model, tm
     expected = _reference(hf_model, fixture_dir("dense"), ids)[2900:]
     got = OnnxSession(folder).logits(ids)[2900:]
     assert np.abs(got - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_chat_cache_reuse_past_the_window_is_exact(name, f32_folder, fixture_dir):
+    """`run --chat` keeps the KV cache between turns (Session.generate keep_cache: the last generated token,
+    never fed, then the next turn). With window-sized buffers that have already evicted, every turn equals a
+    fresh prefill of the whole conversation, and the Chat replies equal the float reference's."""
+    from qwen2_edge.runtimes.reference import ReferenceSession
+    from qwen2_edge.runtimes.streaming import Chat
+
+    session, fresh = OnnxSession(f32_folder(name)), OnnxSession(f32_folder(name))
+    history: list[int] = []
+    for turn in (IDS[:30], IDS[30:50], IDS[50:90]):  # each longer than the window of 8
+        feed = ([history[-1]] if history else []) + turn
+        got = list(session.generate(feed, 6, stop_ids=(), keep_cache=bool(history)))
+        context = history + turn
+        assert session.n_cached == len(context) + 5  # the last token is never fed
+        assert got == fresh.greedy(context, 6)
+        history = context + got
+    users = ["def parse(argv): return argv", "and now the same for the environment, please", "thanks!"]
+    chats = [Chat(OnnxSession(f32_folder(name)), max_new_tokens=4), Chat(ReferenceSession(fixture_dir(name)), max_new_tokens=4)]
+    ours, ref = ([c.say(u) for u in users] for c in chats)
+    assert [t.generated_ids for t in ours] == [t.generated_ids for t in ref]
+
+
+def test_last_only_logits_equal_the_last_row_in_every_runtime(f32_folder, fixture_dir, tmp_path):
+    """append(ids, last_only=True) (what generation and bench use: the lm_head runs on one row) returns
+    exactly the last row of the full append, in onnxruntime (graph input num_logits_to_keep), llama.cpp (one
+    output per batch) and transformers (logits_to_keep)."""
+    from qwen2_edge.exporters.api import export_model
+    from qwen2_edge.runtimes.llamacpp import LlamaCppSession
+    from qwen2_edge.runtimes.reference import ReferenceSession
+
+    gguf = export_model(fixture_dir("sliding"), fmt="gguf", quant="f32", out=tmp_path / "m.gguf").path
+    sessions = [
+        OnnxSession(f32_folder("moe_sliding")),
+        LlamaCppSession(gguf, kv_cache="f32"),
+        ReferenceSession(fixture_dir("moe_sliding")),
+    ]  # the GGUF is the `sliding` fixture: llama.cpp has no exact encoding of moe_sliding's learned gate
+    assert sessions[0]._can_keep_last
+    for s in sessions:
+        full = np.concatenate([s.logits(IDS[:40])[-1:], _in_chunks(s, IDS[:41], [40])[-1:]])
+        s.reset()
+        last = np.concatenate([s.append(IDS[:40], last_only=True), s.append(IDS[40:41], last_only=True)])
+        assert last.shape == (2, full.shape[1])
+        assert np.abs(last - full).max() <= 1e-5, type(s).__name__

@@ -270,12 +270,12 @@ def _round(session, prompt: list[int], gen: int) -> tuple[float, float, float]:
 
     session.reset()
     t0 = time.perf_counter()
-    logits = session.append(prompt)
+    logits = session.append(prompt, last_only=True)
     t1 = time.perf_counter()
     tok = int(np.argmax(logits[-1]))
     t_first = time.perf_counter()
     for _ in range(gen):
-        tok = int(np.argmax(session.append([tok])[-1]))
+        tok = int(np.argmax(session.append([tok], last_only=True)[-1]))
     t2 = time.perf_counter()
     return t1 - t0, t_first - t0, t2 - t_first
 
@@ -296,7 +296,7 @@ class _ContextRun:
         t0 = time.perf_counter()
         logits = None
         for i in range(0, self.context, PREFILL_CHUNK):
-            logits = s.append(self.ids[i : i + PREFILL_CHUNK])
+            logits = s.append(self.ids[i : i + PREFILL_CHUNK], last_only=True)
         fill_s = time.perf_counter() - t0
         self.tok = int(np.argmax(logits[-1]))
         kv = s.kv_cache_bytes() if hasattr(s, "kv_cache_bytes") else None
@@ -308,7 +308,7 @@ class _ContextRun:
         tok = self.tok
         t0 = time.perf_counter()
         for _ in range(gen):
-            tok = int(np.argmax(self.session.append([tok])[-1]))
+            tok = int(np.argmax(self.session.append([tok], last_only=True)[-1]))
         self.tok = tok
         return {"decode_s": time.perf_counter() - t0}
 

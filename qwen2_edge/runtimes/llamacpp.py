@@ -258,6 +258,7 @@ class LlamaCppSession(Session):
             b.logits[i] = 1
         self._tokens = np.ctypeslib.as_array(b.token, shape=(self._batch_size,))
         self._pos = np.ctypeslib.as_array(b.pos, shape=(self._batch_size,))
+        self._want = np.ctypeslib.as_array(b.logits, shape=(self._batch_size,))  # which positions output logits
         self._n = 0
 
     # -- geometry -----------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ class LlamaCppSession(Session):
     def n_cached(self) -> int:
         return self._n
 
-    def append(self, ids: Sequence[int]) -> np.ndarray:
+    def append(self, ids: Sequence[int], last_only: bool = False) -> np.ndarray:
         import llama_cpp
 
         ids = [int(i) for i in ids]
@@ -316,19 +317,26 @@ class LlamaCppSession(Session):
                 f"sequence of {self._n + len(ids)} tokens exceeds the context of {self.n_ctx} "
                 f"(n_ctx; the model allows up to {self.meta.get('context_length')})"
             )
-        out = np.empty((len(ids), self.n_vocab), np.float32)
+        out = np.empty((1 if last_only else len(ids), self.n_vocab), np.float32)
         step = self._batch_size
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step]
             n = len(chunk)
             self._tokens[:n] = chunk
             self._pos[:n] = np.arange(self._n, self._n + n)
+            # last_only: one output row per chunk (llama.cpp then sizes its logits buffer for 1 row)
+            self._want[:n] = 0 if last_only else 1
+            self._want[n - 1] = 1
             self._batch.n_tokens = n
             rc = llama_cpp.llama_decode(self.llm.ctx, self._batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc} at position {self._n}")
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(n, self.n_vocab))
-            out[start : start + n] = logits
+            rows = 1 if last_only else n
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(rows, self.n_vocab))
+            if last_only:
+                out[0] = logits[0]
+            else:
+                out[start : start + n] = logits
             self._n += n
         return out
 

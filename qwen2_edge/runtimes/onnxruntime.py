@@ -117,6 +117,7 @@ class OnnxSession(FolderTokenizerMixin, Session):
                 f"onnxruntime cannot load it ({' '.join(str(e).split())[:300]})", self.path
             ) from None
         names = {i.name for i in self.session.get_inputs()}
+        self._can_keep_last = "num_logits_to_keep" in names  # folders exported before it compute every row
         if len(self.layout) != self.spec.num_layers or any(
             past_names(c.index)[0] not in names for c in self.layout
         ):
@@ -124,6 +125,7 @@ class OnnxSession(FolderTokenizerMixin, Session):
         self.quant = _manifest_quant(self.path)
         self._buffers: dict[int, _Buffer] = {}
         self._ones = np.ones((1, 0), np.int64)
+        self._keep = {True: np.array([1], np.int64), False: np.array([0], np.int64)}  # 0: every position
         self._binding = None
         self._n = 0
 
@@ -212,24 +214,29 @@ class OnnxSession(FolderTokenizerMixin, Session):
         per_token = 4 * self.spec.num_heads * rows
         return int(max(16, min(MAX_PREFILL_CHUNK, ATTENTION_SCRATCH_BYTES // per_token)))
 
-    def append(self, ids: Sequence[int]) -> np.ndarray:
+    def append(self, ids: Sequence[int], last_only: bool = False) -> np.ndarray:
         ids = [int(i) for i in ids]
         self._ensure_capacity(self._n + len(ids))
         outs = []
         start = 0
         while start < len(ids):
             chunk = ids[start : start + self._chunk()]
-            outs.append(self._run(chunk))
+            logits = self._run(chunk, last_only)
+            outs.append(logits[-1:] if last_only else logits)
             start += len(chunk)
+        if last_only:
+            return outs[-1]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
-    def _run(self, ids: list[int]) -> np.ndarray:
+    def _run(self, ids: list[int], last_only: bool = False) -> np.ndarray:
         total = self._n + len(ids)
         if self._ones.shape[1] < total:
             self._ones = np.ones((1, max(total, 2 * self._ones.shape[1])), np.int64)
         io = self._binding
         io.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
         io.bind_cpu_input("attention_mask", self._ones[:, :total])
+        if self._can_keep_last:
+            io.bind_cpu_input("num_logits_to_keep", self._keep[last_only])
         io.bind_output("logits")  # unallocated again: its shape changes with the chunk length
         self.session.run_with_iobinding(io)
         self._n = total

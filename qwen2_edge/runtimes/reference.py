@@ -65,13 +65,13 @@ class ReferenceSession(FolderTokenizerMixin, Session):
         return self._n
 
     @torch.inference_mode()
-    def append(self, ids: Sequence[int]) -> np.ndarray:
+    def append(self, ids: Sequence[int], last_only: bool = False) -> np.ndarray:
         from transformers import DynamicCache
 
         if self._cache is None:
             self._cache = DynamicCache(config=self.model.config)
         x = torch.tensor([list(ids)], dtype=torch.long)
-        out = self.model(input_ids=x, cache=self._cache, use_cache=True)
+        out = self.model(input_ids=x, cache=self._cache, use_cache=True, logits_to_keep=1 if last_only else 0)
         self._n += len(ids)
         return out.logits[0].float().numpy()
 

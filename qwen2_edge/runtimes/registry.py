@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ArtifactError, UnsupportedError
+from ..errors import ArtifactError
 from ..model.builtin import PREFIX, resolve_model_path
 from .base import Session
 from .options import RuntimeOptions
@@ -36,17 +36,8 @@ class RuntimeEntry:
 
 
 def kv_cache_choice(session_class: type[Session], path: str | Path | None, requested: str | None) -> str:
-    """Session.resolve_kv_cache's rule read from the class table (kv_cache_types / default_kv_cache), so it
-    can run before a session is opened; the session applies it again when it opens."""
-    if requested is None:
-        return session_class.default_kv_cache
-    if requested not in session_class.kv_cache_types:
-        raise UnsupportedError(
-            f"{session_class.runtime} cannot hold a {requested} KV cache for this artifact "
-            f"(choose from {', '.join(session_class.kv_cache_types)})",
-            path,
-        )
-    return requested
+    """Session.choose_kv_cache, before a session is opened; the session applies it again when it opens."""
+    return session_class.choose_kv_cache(requested, path)
 
 
 def _is_hf(p: Path) -> bool:

@@ -62,8 +62,21 @@ def build_decoder(w: Weights) -> Graph:
         else:
             branch = swiglu_mlp(g, w, f"{node}/mlp", x, p + "mlp.", layer.ffn.intermediate)
     final, _ = skip_rms_norm(g, "/model/norm", residual, branch, _norm_weight(g, w, "model.norm.weight"), eps)
-    lm_head(g, w, final, table, "logits")
+    lm_head(g, w, _keep_last_positions(g, final), table, "logits")
     return g
+
+
+LOGITS_TO_KEEP = "num_logits_to_keep"
+
+
+def _keep_last_positions(g: Graph, hidden: str) -> str:
+    """Logits only for the last `num_logits_to_keep` positions, 0 = every position (int64 [1] input, the
+    Hugging Face convention; onnxruntime-genai recognizes the name and feeds 0). Generation passes 1: the
+    lm_head then runs on one row instead of every prompt position."""
+    g.add_input(LOGITS_TO_KEEP, INT64, [1])
+    node = "/model/num_logits_to_keep"
+    start = g.op("Neg", [LOGITS_TO_KEEP], f"{node}/Neg")  # -0 = 0: Slice keeps everything
+    return g.op("Slice", [hidden, start, g.const([1 << 62]), g.const([1])], f"{node}/Slice")
 
 
 def _norm_weight(g: Graph, w: Weights, name: str) -> str:

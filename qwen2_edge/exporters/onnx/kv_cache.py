@@ -40,6 +40,16 @@ def window_capacity(window: int) -> int:
     return window + WINDOW_CACHE_SLACK
 
 
+def resident_rows(total: int, capacity: int, window: int) -> int:
+    """Rows [0, L) of a windowed buffer that hold positions after `total` tokens, per onnxruntime's
+    GroupQueryAttention contract: L = T while T <= C, then the kernel evicts G = C - W + 1 rows at a time.
+    Rows [L, C) are unspecified (uninitialized memory in a freshly allocated present)."""
+    if total <= capacity:
+        return total
+    g = capacity - window + 1
+    return total - g * -(-(total - capacity) // g)
+
+
 def past_names(i: int) -> tuple[str, str]:
     return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
 
@@ -230,6 +240,7 @@ def calibrate_kv_absmax(model_path, ids: list[int], threads: int | None = None) 
     if threads:
         opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    keep = {"num_logits_to_keep": np.array([1], np.int64)} if any(i.name == "num_logits_to_keep" for i in session.get_inputs()) else {}
     step = min([c.window for c in layout if c.windowed] + [64])
     past = {}
     for c in layout:
@@ -242,11 +253,12 @@ def calibrate_kv_absmax(model_path, ids: list[int], threads: int | None = None) 
     for start in range(0, len(ids), step):
         chunk = ids[start : start + step]
         n += len(chunk)
-        feeds = {"input_ids": np.asarray([chunk], np.int64), "attention_mask": np.ones((1, n), np.int64), **past}
+        feeds = {"input_ids": np.asarray([chunk], np.int64), "attention_mask": np.ones((1, n), np.int64), **past, **keep}
         present = session.run(outputs, feeds)
         past = dict(zip(past, present, strict=True))
         for c in layout:
-            held = min(n, past[past_names(c.index)[0]].shape[2])
+            rows = past[past_names(c.index)[0]].shape[2]
+            held = resident_rows(n, rows, c.window) if c.windowed else n
             absmax[c.index] = [
                 np.maximum(m, np.abs(past[name][0, :, :held]).max(axis=1))
                 for m, name in zip(absmax[c.index], past_names(c.index), strict=True)
