@@ -50,6 +50,9 @@ class DecodeGeometry:
     # element size).
     kv_scale_bytes_per_channel: float = 0.0
     kv_cache: str | None = None  # the cache type these sizes describe (KV_PRECISIONS name), when known
+    # Rows a decode step scans on each sliding layer when the runtime reads more than the window (ONNX
+    # sliding_window_cache: all w + 16 rows of its buffer); None: the window itself.
+    window_rows: tuple[int | None, ...] | None = None
 
     @property
     def max_window(self) -> int | None:
@@ -149,8 +152,9 @@ def weight_bytes_per_token(inv: Inventory) -> int:
 def kv_bytes_per_token(geom: DecodeGeometry, context: int, use_window: bool = True) -> int:
     """K and V read by one decode step at `context` cached positions (window-capped on sliding layers)."""
     total = 0.0
-    for heads, window in zip(geom.kv_heads, geom.windows, strict=True):
-        seen = min(context, window) if (window and use_window) else context
+    rows = geom.window_rows or geom.windows
+    for heads, window, held in zip(geom.kv_heads, geom.windows, rows, strict=True):
+        seen = min(context, held or window) if (window and use_window) else context
         channels = 2 * heads * geom.head_dim  # K and V
         total += channels * seen * geom.kv_bytes_per_element
         if seen:
@@ -319,6 +323,8 @@ def _onnx_inventory(path: Path, kv_bytes: float | None) -> Inventory:
 def _onnx_geometry(g, gqa: list[dict], moe_k: list[float], kv_bytes: float | None, inits) -> DecodeGeometry:
     from onnx import helper
 
+    from ..exporters.onnx.kv_cache import window_capacity
+
     past = [i for i in g.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
     past.sort(key=lambda i: int(i.name.split(".")[1]))
     head_dim = 0
@@ -338,8 +344,11 @@ def _onnx_geometry(g, gqa: list[dict], moe_k: list[float], kv_bytes: float | Non
         heads = [int(a.get("kv_num_heads", h)) for a, h in zip(gqa, heads or [0] * n, strict=True)]
         # local_window_size -1 means full attention.
         windows = tuple(int(w) if (w := a.get("local_window_size", -1)) > 0 else None for a in gqa)
+        window_rows = tuple(
+            window_capacity(w) if w and a.get("sliding_window_cache") else w for a, w in zip(gqa, windows, strict=True)
+        )
     else:
-        windows = (None,) * n
+        windows = window_rows = (None,) * n
     return DecodeGeometry(
         n,
         tuple(heads) if heads else (0,) * n,
@@ -347,6 +356,7 @@ def _onnx_geometry(g, gqa: list[dict], moe_k: list[float], kv_bytes: float | Non
         windows,
         moe_k[0] if moe_k else 1.0,
         kv_bytes or elem,
+        window_rows=window_rows,
     )
 
 
