@@ -232,3 +232,15 @@ def test_distilled_constant_gate_student_exports_exactly(tmp_path):
     err, err_inc = np.abs(got - want).max(), np.abs(inc - want).max()
     print(f"distilled default student f32 step35: max|dlogit| prefill {err:.2e}, decode {err_inc:.2e} over 512")
     assert err <= STEP35_TOL and err_inc <= STEP35_TOL
+    # The same student as an ONNX folder (window-sized GroupQueryAttention cache): same bound, same 512 tokens.
+    from qwen2_edge.exporters.onnx import export_onnx
+    from qwen2_edge.model.checkpoint import open_checkpoint
+    from qwen2_edge.runtimes.onnxruntime import OnnxSession
+
+    folder = export_onnx(open_checkpoint(out), tmp_path / "student-onnx", "f32").path
+    s = OnnxSession(folder, threads=2)
+    got = s.logits(ids)
+    s.reset()
+    inc = np.concatenate([s.append(ids[:64])] + [s.append([t]) for t in ids[64:]])
+    assert {s.kv_cache_rows()[c.index] for c in s.layout if c.windowed} == {64 + 16}  # window-sized buffer
+    assert np.abs(got - want).max() <= STEP35_TOL and np.abs(inc - want).max() <= STEP35_TOL
