@@ -39,3 +39,7 @@ def read_json_object(path: Path, what: str, error: type[UserError] = UserError) 
     if not isinstance(raw, dict):
         raise error(f"{what} must be a JSON object", path)
     return raw
+
+
+class FileSystemError(UserError):
+    """The operating system refused a read or write (full or read-only disk, permissions, I/O error)."""

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.measure import BenchOptions
     from ..bench.report import format_table, plot, results_json, write_json
     from ..bench.run import bench_prepared_all, parse_contexts, prepare_artifacts
-    from ..fsutil import check_output
+    from ..fsutil import REPORT_BYTES, preflight
 
     kv_cache = kv_cache_arg(args)
     contexts = parse_contexts(args.contexts) if args.contexts is not None else ()
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     kv_caches = [kv_cache] * len(args.artifacts) + (["f32"] if args.reference else [])
     for out in (args.json, args.plot):
         if out:
-            check_output(out, args.force)
+            preflight(out, args.force, REPORT_BYTES, folder=False)  # before any measuring
     opts = BenchOptions(
         prompt_tokens=args.prompt_tokens,
         gen_tokens=args.gen_tokens,

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..fsutil import atomic_file, check_output
+    from ..fsutil import REPORT_BYTES, atomic_file, preflight
     from ..validation.compare import CheckOptions, check_artifacts
     from ..validation.gates import GATES
 
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be at least {least}, got {value}")
     for out in (args.json, args.report):
         if out:
-            check_output(out, args.force)  # fail before the expensive part
+            preflight(out, args.force, REPORT_BYTES, folder=False)  # fail before the expensive part
     opts = CheckOptions(
         ctx=args.ctx,
         chunks=args.chunks,

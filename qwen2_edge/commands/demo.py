@@ -22,17 +22,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline.report import summary_rows, text_table
+    from ..pipeline.preflight import check_room, locked_folder
     from ..pipeline.run import plan_artifacts, run_pipeline
-    from ..runtimes.options import RuntimeOptions
-    from ..runtimes.registry import open_session
-    from .pipeline import config_from_args, prepare_out
+    from .pipeline import config_from_args
 
     t0 = time.perf_counter()
     cfg = config_from_args(args, teacher="builtin:teacher", model=None, student=None, data=[])
-    plan_artifacts(cfg)
-    prepare_out(cfg)
-    result = run_pipeline(cfg)
+    check_room(cfg, plan_artifacts(cfg))
+    with locked_folder(cfg, "demo"):
+        result = run_pipeline(cfg)
+        show(args, cfg, result)  # the artifacts are read while the folder is held
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; report: {cfg.out / 'report.html'}")
+    return 0 if result.check.get("passed", True) else 1
+
+
+def show(args: argparse.Namespace, cfg, result) -> None:
+    from ..pipeline.report import summary_rows, text_table
+    from ..runtimes.options import RuntimeOptions
+    from ..runtimes.registry import open_session
+
     print()
     print(text_table(summary_rows(result)))
     tvs = result.teacher_vs_student
@@ -53,5 +61,3 @@ def run(args: argparse.Namespace) -> int:
             ids = s.encode(args.prompt)
             text = s.decode(s.greedy(ids, args.max_new_tokens))
         print(f"--- {label}\n{args.prompt}{text}")
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; report: {cfg.out / 'report.html'}")
-    return 0 if result.check.get("passed", True) else 1

@@ -71,32 +71,16 @@ def config_from_args(args: argparse.Namespace, **overrides):
     return PipelineConfig(**kw)
 
 
-def prepare_out(cfg) -> None:
-    """A pipeline folder resumes; a foreign non-empty folder needs --force; --force recomputes."""
-    import shutil
-
-    from ..errors import UserError
-
-    marker = cfg.out / ".qwen2-edge"
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise UserError("exists and is not a folder", cfg.out)
-    if cfg.out.is_dir() and any(cfg.out.iterdir()) and not marker.exists() and not cfg.force:
-        raise UserError(
-            "folder is not empty and is not a qwen2-edge pipeline folder (pass --force to use it)", cfg.out
-        )
-    if cfg.force and marker.exists():
-        shutil.rmtree(marker)  # forget the stage cache: everything is recomputed
-    marker.mkdir(parents=True, exist_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..pipeline.preflight import check_room, locked_folder
     from ..pipeline.report import summary_rows, text_table
     from ..pipeline.run import plan_artifacts, run_pipeline
 
     cfg = config_from_args(args)
-    plan_artifacts(cfg)  # bad formats, quants or --kv-cache: refused before the output folder is touched
-    prepare_out(cfg)
-    result = run_pipeline(cfg)
+    plan = plan_artifacts(cfg)  # bad formats, quants or --kv-cache: refused before the output folder is touched
+    check_room(cfg, plan)  # a folder that cannot be written or is too small: refused before any stage
+    with locked_folder(cfg, "pipeline"):
+        result = run_pipeline(cfg)
     print()
     print(text_table(summary_rows(result)))
     print(

@@ -123,7 +123,7 @@ def _save_transcript(chat, path: str, force: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..fsutil import check_output
+    from ..fsutil import REPORT_BYTES, preflight
     from ..runtimes.options import RuntimeOptions
     from ..runtimes.registry import open_session, resolve_kv_cache
     from ..runtimes.sampling import Sampler
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if args.transcript:
         if not args.chat:
             raise UserError("--transcript needs --chat")
-        check_output(args.transcript, args.force)
+        preflight(args.transcript, args.force, REPORT_BYTES, folder=False)
     options = RuntimeOptions(
         threads=args.threads, kv_cache=kv_cache_arg(args), n_ctx=positive_int_arg("--ctx", args.ctx)
     )

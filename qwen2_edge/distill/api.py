@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..fsutil import atomic_dir, check_output
+from ..exporters.estimate import tokenizer_bytes
+from ..fsutil import atomic_dir, check_free_space, check_output, check_writable
 from .config import DEMO_CONFIG, DEMO_SEQ_LEN, TrainConfig
 from .data import PackedData, pack_files, pack_texts
 from .student import DEFAULT_STUDENT, StudentSpec, build_student, resolve_config
@@ -118,7 +119,9 @@ def distill(
     say = (log or (lambda m: None)) if rank == 0 else (lambda m: None)
     out = Path(out)
     if not resume:
-        check_output(out, force)
+        check_output(out, force, folder=True)
+    else:
+        check_writable(out.parent)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA device is available")
     spec = (
@@ -140,6 +143,10 @@ def distill(
         s_model.config.router_aux_loss_coef = cfg.aux_weight  # what transformers uses if it trains it later
     n_params = sum(p.numel() for p in s_model.parameters())
     say(f"student: {s_model.config.architectures[0]}, {n_params:,} parameters; {init.summary()}")
+    # Room for what training writes, before it starts: float32 weights, the tokenizer, and with trainer
+    # checkpoints weights + two AdamW moments, twice while one replaces the other (fsutil.atomic_dir).
+    state_bytes = 2 * 3 * 4 * n_params if cfg.ckpt_every else 0
+    check_free_space(out.parent, 4 * n_params + tokenizer_bytes(ckpt.path) + state_bytes + 2**20)
     state_root = out.with_name(out.name + ".ckpt")
     result: TrainResult = train(
         s_model,

@@ -12,20 +12,19 @@ from ..quant.policy import POLICIES, QuantPolicy
 from ..quant.scheme import QuantScheme
 from .registry import ExportResult, get_format
 
-# Approximate stored bits per weight of 2-D matrices, for the free-disk check before writing.
-_BITS = {"f32": 32, "f16": 16, "int8": 8.5, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_0": 5.5, "q5_1": 6.0}
-_TEMP_F16 = ("q4_k_m", "q5_k_m", "q6_k")  # made by llama.cpp from an f16 file written first
 
+def export_bytes(ckpt: Checkpoint, fmt: str, quant: str, policy=None, scheme: QuantScheme | None = None) -> int:
+    """Upper bound of the disk space exporting `ckpt` takes at its peak (exporters/estimate.py)."""
+    from .estimate import estimate_bytes, tokenizer_bytes
 
-def estimate_bytes(spec, quant: str) -> int:
-    from ..model.params import count_params
+    encoding = None
+    if fmt == "gguf":
+        from .gguf.encoding import choose_encoding
 
-    c = count_params(spec)
-    bits = _BITS.get(quant, 5.0)  # int4 / q4_0 / q4_1 / q4_k_m are ~4.5-5 bits
-    need = c.matrix * bits / 8 + c.vector * 4
-    if quant in _TEMP_F16:
-        need += c.matrix * 2
-    return int(need)
+        encoding = choose_encoding(ckpt.spec, str(ckpt.path), weights=lambda n: ckpt.canonical(n).numpy())
+    return estimate_bytes(
+        ckpt.spec, fmt, quant, policy, scheme.block_size if scheme else None, tokenizer_bytes(ckpt.path), encoding
+    )
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
@@ -73,7 +72,7 @@ def export_checkpoint(
 ) -> ExportResult:
     """Write one artifact. `qmodel` must be given when the quant type maps to one of our schemes;
     `options` are format-specific exporter options (the registry lists which format takes which)."""
-    from ..fsutil import check_free_space, check_output
+    from ..fsutil import preflight
 
     t0 = time.perf_counter()
     target = get_format(fmt)
@@ -82,8 +81,8 @@ def export_checkpoint(
     scheme = target.scheme(quant)
     if scheme is not None and qmodel is None:
         raise ValueError(f"{fmt} {quant} needs a QuantizedModel")
-    check_output(out, force)
-    check_free_space(Path(out).parent, estimate_bytes(ckpt.spec, quant))
+    policy = qmodel.policy if qmodel is not None else None
+    preflight(out, force, export_bytes(ckpt, fmt, quant, policy, scheme), folder=fmt == "onnx")
     result = target.exporter()(
         ckpt, Path(out), quant, qmodel=qmodel, force=force, threads=threads, **options
     )
@@ -107,16 +106,18 @@ def export_model(
     **options,
 ) -> ExportResult:
     """Open, quantize if the quant type needs it, and export: `qwen2-edge export` as a function."""
-    from ..fsutil import check_output
+    from ..fsutil import check_output, preflight
 
     t0 = time.perf_counter()
     target = get_format(fmt)
     target.check_options(options)
     scheme = target.scheme(quant, block_size)
     pol = make_policy(policy, overrides)
-    check_output(out, force)  # fail before any expensive work
+    check_output(out, force, folder=fmt == "onnx")  # fail before any expensive work
     ckpt = open_checkpoint(model, need_tokenizer=True)
     target.check(ckpt, quant)
+    # Room for the artifact and its temporaries, before quantization (GPTQ can take minutes).
+    preflight(out, force, export_bytes(ckpt, fmt, quant, pol if scheme else None, scheme), folder=fmt == "onnx")
     qmodel = None
     if scheme is not None:
         qmodel = quantize_for_export(ckpt, scheme, method, pol, calib, calib_tokens)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..exporters.registry import FORMATS, format_quant
+from ..fsutil import write_text
 from .cache import StageCache, fingerprint
 from .config import PipelineConfig
 
@@ -200,5 +201,5 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> Pi
 
     progress.stage("write report", do_report)
     result.stages = progress.log
-    (out / ".qwen2-edge" / "last_run.json").write_text(json.dumps(progress.log, indent=1))
+    write_text(out / ".qwen2-edge" / "last_run.json", json.dumps(progress.log, indent=1))
     return result

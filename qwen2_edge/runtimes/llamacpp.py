@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, UnsupportedError
+from ..fsutil import FileWatch
 from .base import Session
 
 GGUF_MAGIC = b"GGUF"
@@ -227,6 +228,8 @@ class LlamaCppSession(Session):
         self._check_cache_blocks(cache)
         self.n_ubatch = ubatch_for_window(self.window, self.n_ctx)
         quiet_llama_logs()
+        # llama.cpp maps the file: one truncated in place under it would end the process with SIGBUS.
+        self._watch = FileWatch(self.path)
         try:
             with captured_llama_logs() as log:
                 self.llm = llama_cpp.Llama(
@@ -244,6 +247,7 @@ class LlamaCppSession(Session):
                     verbose=False,
                 )
         except (ValueError, RuntimeError) as e:
+            self._watch.close()
             raise ArtifactError(
                 f"llama.cpp cannot load this GGUF file ({' '.join(str(e).split())})", self.path
             ) from None
@@ -328,6 +332,7 @@ class LlamaCppSession(Session):
             self._want[:n] = 0 if last_only else 1
             self._want[n - 1] = 1
             self._batch.n_tokens = n
+            self._watch.check()
             rc = llama_cpp.llama_decode(self.llm.ctx, self._batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc} at position {self._n}")
@@ -416,6 +421,9 @@ class LlamaCppSession(Session):
         if llm is not None:
             llm.close()
             self.llm = None
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.close()
 
 
 def _allocated_caches(log: list[str]) -> dict[str, tuple[int, int]]:

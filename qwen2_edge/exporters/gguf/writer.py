@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter
 
 from ...quant.tensor import QuantizedTensor
+from ..estimate import SPILL
 from .encoding import Encoding, OutTensor
 from .quants import BLOCK, GGUFQuant, ggml_type_for, pack, quantize_float
 from .rewrite import to_float
@@ -85,29 +87,34 @@ def write_gguf(
     name: str,
 ) -> WritePlan:
     w = GGUFWriter(str(path), enc.arch, use_temp_file=True)
-    w.add_name(name)
-    w.add_file_type(
-        int(gq.file_type) if gq.maker != "llama.cpp" else (1 if float_type == GGMLQuantizationType.F16 else 0)
-    )
-    if gq.maker in ("ours", "gguf"):
-        w.add_quantization_version(GGML_QUANT_VERSION)
-    for key, value in kv:
-        _add_kv(w, key, value)
-    write_vocab(w, vocab)
-    plan = WritePlan()
-    for t in tensors:
-        s = store(t, gq, float_type)
-        # Quantized data goes in as uint8 rows of blocks; gguf derives the element shape from the byte shape.
-        w.add_tensor(t.name, s.data, raw_dtype=s.raw_dtype)
-        plan.n_elements += int(np.prod(s.shape))
-        plan.rows.append({"tensor": t.name, "shape": list(s.shape), "type": s.ggml_type.name})
-        if s.fallback:
-            plan.rows[-1]["note"] = s.fallback
-            plan.fallbacks.append(f"{t.name}: {s.fallback}, stored as {s.ggml_type.name}")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # gguf spills tensor data over 256 MiB to a temporary file in the system temp folder; put it beside the
+    # output instead, where the free-space check counted it and a write error names the output (and close
+    # it on failure: an unnamed temporary holds its space until closed).
+    with tempfile.SpooledTemporaryFile(mode="w+b", max_size=SPILL, dir=path.parent) as spill:
+        w.temp_file = spill
+        w.add_name(name)
+        w.add_file_type(
+            int(gq.file_type) if gq.maker != "llama.cpp" else (1 if float_type == GGMLQuantizationType.F16 else 0)
+        )
+        if gq.maker in ("ours", "gguf"):
+            w.add_quantization_version(GGML_QUANT_VERSION)
+        for key, value in kv:
+            _add_kv(w, key, value)
+        write_vocab(w, vocab)
+        plan = WritePlan()
+        for t in tensors:
+            s = store(t, gq, float_type)
+            # Quantized data goes in as uint8 rows of blocks; gguf derives the element shape from the byte shape.
+            w.add_tensor(t.name, s.data, raw_dtype=s.raw_dtype)
+            plan.n_elements += int(np.prod(s.shape))
+            plan.rows.append({"tensor": t.name, "shape": list(s.shape), "type": s.ggml_type.name})
+            if s.fallback:
+                plan.rows[-1]["note"] = s.fallback
+                plan.fallbacks.append(f"{t.name}: {s.fallback}, stored as {s.ggml_type.name}")
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
     return plan
 
 
