@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "pipeline": "pipeline",
     "demo": "demo",
     "quant-scan": "quant_scan",
+    "verify": "verify",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_kv_cache, kv_cache_arg
+from .common import add_kv_cache, add_no_verify, kv_cache_arg, verify_artifacts
 
 HELP = "benchmark artifacts (ONNX folder, GGUF file, HF checkpoint) in their runtimes against the memory roofline"
 
@@ -61,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write a chart of prefill/decode tokens/s (with contexts: decode tok/s and KV MB vs context)",
     )
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--plot outputs")
+    add_no_verify(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         kv_cache=kv_cache,
     )
     names = [lab or p for lab, p in zip(labels, paths, strict=True)]
+    verify_artifacts(args, list(args.artifacts))
     # Bad paths, cache types a runtime lacks, contexts beyond a model: refused before anything is measured.
     prepared = prepare_artifacts(paths, opts, names, kv_caches)
     bw = measure_bandwidth(opts.threads)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import add_kv_cache, kv_cache_arg
+from .common import add_kv_cache, add_no_verify, kv_cache_arg, verify_artifacts
 
 HELP = "validate artifacts against the float reference (perplexity, KL divergence, top-1, greedy), with gates"
 
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "read the f32-cache row, which measures the weights alone",
     )
     p.add_argument("--force", action="store_true", help="overwrite existing --json / --report files")
+    add_no_verify(p)
 
 
 def _num(x: float) -> str:
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
             raise UserError(f"cannot read text ({type(e).__name__})", path) from None
         opts.text_source = str(path)
+    verify_artifacts(args, list(args.artifacts))
     res = check_artifacts(args.model, args.artifacts, opts)
     print_table(res)
     if args.json:

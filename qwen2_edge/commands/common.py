@@ -38,3 +38,21 @@ def positive_int_arg(flag: str, text: str | None) -> int | None:
     if value <= 0:
         raise UserError(f"{flag}: expected a positive integer, got {text!r}")
     return value
+
+
+def add_no_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking artifacts against the SHA-256 recorded at export (0.4-0.9 s for a 0.5B-shaped "
+        "int4 artifact, ~350 MiB, on 2 busy cores)",
+    )
+
+
+def verify_artifacts(args: argparse.Namespace, paths: list[str]) -> None:
+    """Before loading: a corrupted artifact is a one-line error (exit 2), one without a record a notice."""
+    import sys
+
+    from ..integrity import verify_before_load
+
+    verify_before_load(paths, skip=args.no_verify, notice=lambda m: print(m, file=sys.stderr))

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 
-from .common import add_kv_cache, kv_cache_arg, positive_int_arg
+from .common import add_kv_cache, add_no_verify, kv_cache_arg, positive_int_arg, verify_artifacts
 
 HELP = "generate text from an ONNX folder, GGUF file or checkpoint (prompt or interactive chat), streamed"
 
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--transcript", metavar="OUT.json", help="--chat: save the conversation with its token ids"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --transcript file")
+    add_no_verify(p)
 
 
 @contextlib.contextmanager
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, kv_cache=kv_cache_arg(args), n_ctx=positive_int_arg("--ctx", args.ctx)
     )
     resolve_kv_cache(args.model, options.kv_cache)  # a cache type the runtime lacks: refused before loading
+    verify_artifacts(args, [args.model])
     session = open_session(args.model, options=options)  # a bad path fails before reading stdin
     prompt = args.prompt
     if prompt is None and not args.chat:

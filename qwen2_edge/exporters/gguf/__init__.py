@@ -14,6 +14,7 @@ from gguf import GGMLQuantizationType
 
 from ...errors import UserError
 from ...fsutil import atomic_file
+from ...integrity import seal_gguf
 from ...model.checkpoint import Checkpoint
 from ...quant.model import QuantizedModel
 from ..registry import ExportResult
@@ -72,6 +73,7 @@ def export_gguf(
         else:
             ftype = GGMLQuantizationType.F16 if quant == "f16" else GGMLQuantizationType.F32
             plan = write_gguf(tmp, enc, vocab, kv, enc.tensors(get), gq, ftype, name)
+        seal_gguf(tmp)
     if gq.maker == "llama.cpp":  # report the types llama.cpp actually chose, not the f16 input's
         plan.rows = stored_types(out)
     size = out.stat().st_size

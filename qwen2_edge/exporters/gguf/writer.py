@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter
 
+from ...integrity import GGUF_KEY, gguf_placeholder
 from ...quant.tensor import QuantizedTensor
 from ..estimate import SPILL
 from .encoding import Encoding, OutTensor
@@ -111,6 +112,9 @@ def write_gguf(
             if s.fallback:
                 plan.rows[-1]["note"] = s.fallback
                 plan.fallbacks.append(f"{t.name}: {s.fallback}, stored as {s.ggml_type.name}")
+        # Integrity record: a placeholder of its final length now, the digits once the data is on disk
+        # (integrity.seal_gguf; llama.cpp's quantizer copies the key along when it rewrites the file).
+        w.add_array(GGUF_KEY, gguf_placeholder(len(plan.rows)))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import UnsupportedError, UserError
 from ...fsutil import atomic_dir
+from ...integrity import record_onnx_folder
 from ...model.checkpoint import Checkpoint
 from ...quant.model import QuantizedModel
 from ..registry import ExportResult
@@ -95,6 +96,7 @@ def export_onnx(
         if kv_cache != "f32":
             _bake_kv_cache(tmp / MODEL_FILE, ckpt.spec, kv_cache, calibration)
         manifest["kv_cache"] = kv_cache
+        manifest["integrity"] = record_onnx_folder(tmp)  # every file is final now; the manifest goes last
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     nbytes = sum(f.stat().st_size for f in out.iterdir() if f.name in (MODEL_FILE, DATA_FILE))
     return ExportResult(
