@@ -18,6 +18,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ALL_FIXTURES = tuple(FIXTURES)
 
+# No test may reach the network: a path that does not exist and looks like a hub id (org/name) is resolved
+# from the local Hugging Face cache only (tests/test_hub.py builds one).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def fixture_dir(tmp_path_factory):

@@ -14,7 +14,7 @@ HELP = "validate artifacts against the float reference (perplexity, KL divergenc
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..validation.gates import GATES
 
-    p.add_argument("model", help="the float reference: checkpoint directory or builtin:teacher")
+    p.add_argument("model", help="the float reference: checkpoint directory, builtin:teacher or hub id org/name[@revision]")
     p.add_argument(
         "artifacts", nargs="+", metavar="ARTIFACT", help="ONNX folder, GGUF file or checkpoint dir"
     )

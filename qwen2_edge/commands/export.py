@@ -9,7 +9,7 @@ HELP = "export a checkpoint to ONNX or GGUF, optionally quantized"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint directory or builtin:teacher")
+    p.add_argument("model", help="checkpoint directory, builtin:teacher or hub id org/name[@revision]")
     p.add_argument("--format", required=True, choices=["onnx", "gguf"])
     p.add_argument(
         "--quant",

@@ -10,7 +10,7 @@ HELP = "show a checkpoint's architecture, parameter counts and size estimates"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint directory or builtin:teacher")
+    p.add_argument("model", help="checkpoint directory, builtin:teacher or hub id org/name[@revision]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

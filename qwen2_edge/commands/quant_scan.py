@@ -10,7 +10,7 @@ HELP = "rank tensor groups by end-to-end KL divergence when quantized alone (sen
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint directory or builtin:teacher")
+    p.add_argument("model", help="checkpoint directory, builtin:teacher or hub id org/name[@revision]")
     p.add_argument("--quant", default="int4", help="scheme applied to each group: int4, int4_asym, int8")
     p.add_argument("--block-size", type=int, default=32, help="block size (32, 64, 128)")
     p.add_argument(

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="ARTIFACT_OR_MODEL_DIR",
-        help="ONNX folder, .gguf file, checkpoint dir or builtin:teacher",
+        help="ONNX folder, .gguf file, checkpoint dir, builtin:teacher or hub id org/name[@revision]",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--prompt", help="complete this text (no chat template)")

@@ -12,7 +12,8 @@ PREFIX = "builtin:"
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """`builtin:teacher` -> the shipped folder; anything else -> Path."""
+    """`builtin:teacher` -> the shipped folder; an existing path -> itself; `org/name[@revision]` that is
+    not a local path -> its Hugging Face hub snapshot (model/hub.py); anything else -> Path."""
     s = str(path)
     if s.startswith(PREFIX):
         name = s[len(PREFIX) :]
@@ -22,4 +23,10 @@ def resolve_model_path(path: str | Path) -> Path:
         if not (folder / "config.json").is_file():
             raise CheckpointError("built-in model files are missing from this installation", folder)
         return folder
-    return Path(path)
+    p = Path(path)
+    if isinstance(path, str) and not p.exists():
+        from .hub import parse_hub_id, resolve_hub_id
+
+        if parse_hub_id(s) is not None:
+            return resolve_hub_id(s)
+    return p

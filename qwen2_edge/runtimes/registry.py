@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArtifactError
-from ..model.builtin import PREFIX, resolve_model_path
+from ..model.builtin import resolve_model_path
 from .base import Session
 from .options import RuntimeOptions
 
@@ -67,7 +67,7 @@ RUNTIMES: list[RuntimeEntry] = [
 
 def detect_format(path: str | Path) -> RuntimeEntry:
     """The runtime entry for an artifact path; a one-line error when nothing recognizes it."""
-    p = resolve_model_path(path) if str(path).startswith(PREFIX) else Path(path)
+    p = resolve_model_path(path)
     if not p.exists():
         raise ArtifactError("no such file or directory", p)
     for entry in RUNTIMES:

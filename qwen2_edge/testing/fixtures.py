@@ -96,6 +96,33 @@ FIXTURES: dict[str, FixtureSpec] = {
             "max_window_layers": 4,
         },
     ),
+    # Qwen2.5-0.5B-shaped config: rope_theta 1e6, GQA 3:1, a sliding_window value set but
+    # use_sliding_window=false and max_window_layers == the layer count (nothing slides), tied.
+    "qwen25": FixtureSpec(
+        hidden=96,
+        heads=6,
+        kv_heads=2,
+        seed=9,
+        config={"rope_theta": 1000000.0, "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 2},
+    ),
+    # Qwen2.5-1.5B/7B-shaped: untied, use_sliding_window=false with sliding_window 131072 and
+    # max_window_layers (1) BELOW the layer count: a converter that reads max_window_layers without
+    # use_sliding_window would window layers 1-2 (with a 131072 window: invisible at short lengths).
+    "qwen25_untied": FixtureSpec(
+        hidden=96,
+        layers=3,
+        heads=6,
+        kv_heads=2,
+        tie=False,
+        seed=10,
+        config={
+            "rope_theta": 1000000.0,
+            "use_sliding_window": False,
+            "sliding_window": 131072,
+            "max_window_layers": 1,
+            "max_position_embeddings": 32768,
+        },
+    ),
 }
 
 
@@ -107,11 +134,13 @@ def fixture_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
 
 
 def config_dict(spec: FixtureSpec, tokenizer_vocab: int = TOKENIZER_VOCAB) -> dict[str, Any]:
+    from ..model.families import FAMILIES
+
     tok = fixture_tokenizer(tokenizer_vocab)
     eos = tok.token_to_id("<|endoftext|>")
     cfg: dict[str, Any] = {
         "architectures": [spec.architecture],
-        "model_type": "qwen2_moe" if "Moe" in spec.architecture else "qwen2",
+        "model_type": FAMILIES[spec.architecture].model_type,
         "vocab_size": spec.vocab_rows,
         "hidden_size": spec.hidden,
         "intermediate_size": spec.intermediate,
