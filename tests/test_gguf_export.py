@@ -321,10 +321,15 @@ def test_teacher_q8_0_greedy_matches_float(tmp_path):
 def test_no_file_left_behind_on_failure(fixture_dir, tmp_path, monkeypatch):
     from qwen2_edge.exporters.gguf import writer
 
-    def boom(*a, **k):
-        raise RuntimeError("disk full")
+    real, calls = writer._write_padded, []
 
-    monkeypatch.setattr(writer.GGUFWriter, "write_tensors_to_file", boom)
+    def boom(*a, **k):  # fails mid-stream, with the header and some tensor data already written
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(writer, "_write_padded", boom)
     with pytest.raises(RuntimeError):
         _export(fixture_dir("dense"), tmp_path, "f32")
     assert not list(tmp_path.iterdir())

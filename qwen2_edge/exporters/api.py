@@ -50,13 +50,20 @@ def quantize_for_export(
     policy: QuantPolicy | None = None,
     calib: list[str] | None = None,
     calib_tokens: int = 8192,
+    stream: bool = True,
 ) -> QuantizedModel:
-    """Quantize once; the result can feed every exporter (same codes in ONNX and GGUF)."""
+    """Quantize once; the result can feed every exporter (same codes in ONNX and GGUF). With `stream`, RTN
+    is deferred: each exporter quantizes a tensor when it writes it and keeps none, so peak memory is the
+    largest tensor group, not the model (a second exporter quantizes again: RTN is deterministic)."""
     from ..quant import quantize_model
 
-    kwargs = {"calib": calib or [], "calib_tokens": calib_tokens} if method != "rtn" else {}
+    if method == "rtn":
+        kwargs: dict = {"lazy": stream}
+    else:
+        kwargs = {"calib": calib or [], "calib_tokens": calib_tokens}
     qmodel = quantize_model(ckpt, scheme, policy or make_policy(), method=method, **kwargs)
-    ckpt.release()  # every weight was read once: drop the mapped pages before the exporter packs
+    if not qmodel.lazy:
+        ckpt.release()  # every weight was read once: drop the mapped pages before the exporter packs
     return qmodel
 
 

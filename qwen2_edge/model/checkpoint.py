@@ -167,6 +167,21 @@ class Checkpoint:
             return self.experts(layer, dtype)[idx]
         return self.tensor(name, dtype)
 
+    def canonical_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a canonical tensor without reading it (stacked experts are [E, rows, cols])."""
+        if name in self.tensors:
+            return self.tensors[name].shape
+        if ".mlp.experts." not in name:
+            raise CheckpointError(f"tensor {name!r} not found", self.path)
+        stem, proj = name.rsplit(".", 1)  # model.layers.N.mlp.experts.{gate,up,down}_proj
+        fused = self.tensors.get(f"{stem}.gate_up_proj" if proj != "down_proj" else f"{stem}.down_proj")
+        if fused is not None:
+            E, rows, cols = fused.shape
+            return (E, rows // 2, cols) if proj != "down_proj" else (E, rows, cols)
+        first = self.tensors[f"{stem}.0.{proj}.weight"].shape
+        ffn = self.spec.layers[int(name.split(".")[2])].ffn
+        return (ffn.num_experts, *first)
+
     # -- tokenizer ------------------------------------------------------------------------------
     @property
     def tokenizer_file(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,29 @@ from .scheme import QuantScheme
 from .tensor import QuantizedTensor
 
 
+class LazyTensors(Mapping[str, QuantizedTensor]):
+    """name -> QuantizedTensor, computed from the checkpoint on every access and never kept: a streaming
+    exporter holds one tensor at a time, so memory stays bounded by the largest tensor whatever the model
+    size. Membership and schemes are known up front (from shapes and the policy), without reading weights.
+    Quantization must be deterministic (RTN is): two accesses give the same codes."""
+
+    def __init__(self, schemes: dict[str, QuantScheme], make: Callable[[str, QuantScheme], QuantizedTensor]):
+        self.schemes = schemes
+        self._make = make
+
+    def __getitem__(self, name: str) -> QuantizedTensor:
+        return self._make(name, self.schemes[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.schemes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.schemes)
+
+    def __len__(self) -> int:
+        return len(self.schemes)
+
+
 @dataclass
 class QuantizedModel:
     """Float checkpoint + the quantized tensors (canonical names, experts stacked) + how they were made."""
@@ -22,12 +46,23 @@ class QuantizedModel:
     base: QuantScheme
     policy: QuantPolicy
     method: str
-    tensors: dict[str, QuantizedTensor]
+    tensors: Mapping[str, QuantizedTensor]  # a dict, or LazyTensors (streaming export)
     info: dict[str, Any] = field(default_factory=dict)  # calibration stats etc.
 
     @property
     def spec(self):
         return self.checkpoint.spec
+
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.tensors, LazyTensors)
+
+    def scheme_of(self, name: str) -> QuantScheme | None:
+        """The scheme tensor `name` is quantized with (None: kept float), without computing it."""
+        if isinstance(self.tensors, LazyTensors):
+            return self.tensors.schemes.get(name)
+        q = self.tensors.get(name)
+        return q.scheme if q is not None else None
 
     def float_tensor(self, name: str) -> torch.Tensor:
         """The tensor as the quantized model computes with it (dequantized, or the float original)."""
@@ -40,8 +75,8 @@ class QuantizedModel:
         """Per-tensor decision table for --json output and reports."""
         rows = []
         for name in self.checkpoint.canonical_names():
-            q = self.tensors.get(name)
-            rows.append({"tensor": name, "quant": q.scheme.name if q else "float"})
+            s = self.scheme_of(name)
+            rows.append({"tensor": name, "quant": s.name if s else "float"})
         return rows
 
     def save_dequantized(self, folder: str | Path) -> Path:

@@ -46,8 +46,18 @@ class QuantizedTensor:
 
     @property
     def nbytes_packed(self) -> int:
-        n = int(np.prod(self.codes.shape)) * self.scheme.bits // 8 + self.scales.size * 2
-        return n + (0 if self.scheme.symmetric else self.zeros.size * self.scheme.bits // 8)
+        return packed_nbytes(self.shape, self.scheme)
+
+
+def packed_nbytes(shape: tuple[int, ...], scheme: QuantScheme) -> int:
+    """Bytes of codes, float16 scales and (asymmetric) zero points of a tensor of float `shape`, computed
+    from the shape alone (the last axis padded to whole blocks)."""
+    b = scheme.block_size
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    k_pad = shape[-1] + (-shape[-1]) % b
+    n_blocks = rows * (k_pad // b)
+    n = rows * k_pad * scheme.bits // 8 + n_blocks * 2
+    return n + (0 if scheme.symmetric else n_blocks * scheme.bits // 8)
 
 
 def check_finite(name: str, w: np.ndarray) -> None:

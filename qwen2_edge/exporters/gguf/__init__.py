@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from ...quant.model import QuantizedModel
 from ..registry import ExportResult
 from .encoding import choose_encoding
 from .quants import QUANTS
+from .rewrite import Deferred
 from .tokenizer import build_vocab
 from .writer import write_gguf
 
@@ -54,25 +56,29 @@ def export_gguf(
         from ...quant import quantize_model
         from ..registry import get_format
 
-        qmodel = quantize_model(ckpt, get_format("gguf").scheme(quant))
+        qmodel = quantize_model(ckpt, get_format("gguf").scheme(quant), lazy=True)
     vocab = build_vocab(ckpt)
 
-    def get(name: str):
+    def value(name: str):
         if qmodel is not None and gq.maker == "ours" and name in qmodel.tensors:
-            return qmodel.tensors[name]
+            return qmodel.tensors[name]  # quantized now when qmodel is lazy (streaming RTN)
         return ckpt.canonical(name).numpy()
+
+    def get(name: str) -> Deferred:  # read when the writer reaches it, not when the encoding plans it
+        return Deferred(ckpt.canonical_shape(name), lambda: value(name))
 
     kv = enc.metadata()
     name = ckpt.path.name
+    write = functools.partial(write_gguf, release=ckpt.release, progress=f"gguf {quant} export")
     with atomic_file(out, force) as tmp:
         if gq.maker == "llama.cpp":
             with tempfile.TemporaryDirectory(prefix=".gguf-f16-", dir=out.parent) as d:
                 f16 = Path(d) / "model-f16.gguf"
-                plan = write_gguf(f16, enc, vocab, kv, enc.tensors(get), gq, GGMLQuantizationType.F16, name)
+                plan = write(f16, enc, vocab, kv, enc.tensors(get), gq, GGMLQuantizationType.F16, name)
                 llama_quantize(f16, tmp, gq.llama_ftype, threads)
         else:
             ftype = GGMLQuantizationType.F16 if quant == "f16" else GGMLQuantizationType.F32
-            plan = write_gguf(tmp, enc, vocab, kv, enc.tensors(get), gq, ftype, name)
+            plan = write(tmp, enc, vocab, kv, enc.tensors(get), gq, ftype, name)
         seal_gguf(tmp)
     if gq.maker == "llama.cpp":  # report the types llama.cpp actually chose, not the f16 input's
         plan.rows = stored_types(out)

@@ -3,20 +3,48 @@
 Each operation is exact by construction: permuting rows, appending rows/columns of zeros, stacking
 copies, scaling by a power of two (exact in float16 block scales barring overflow, which is checked).
 A quantized tensor stays quantized with the same codes whenever the GGUF block layout allows it.
+
+Every operation also takes a `Deferred` weight (shape known, values not read yet) and returns another
+`Deferred` that applies it when materialized: the streaming writer plans every tensor's name and shape
+from the encoding first, then reads, rewrites, packs and writes one tensor at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...quant.tensor import QuantizedTensor
 
-Weight = np.ndarray | QuantizedTensor
+
+@dataclass(frozen=True)
+class Deferred:
+    """A weight not read yet: its (float) shape and the function that reads and rewrites it."""
+
+    shape: tuple[int, ...]
+    make: Callable[[], np.ndarray | QuantizedTensor]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+Weight = np.ndarray | QuantizedTensor | Deferred
+
+
+def materialize(w: Weight) -> np.ndarray | QuantizedTensor:
+    return w.make() if isinstance(w, Deferred) else w
+
+
+def _defer(shape: tuple[int, ...], op: Callable, w: Deferred, *args) -> Deferred:
+    return Deferred(tuple(shape), lambda: op(w.make(), *args))
 
 
 def to_float(w: Weight) -> np.ndarray:
+    w = materialize(w)
     return w.dequantize() if isinstance(w, QuantizedTensor) else np.asarray(w, dtype=np.float32)
 
 
@@ -26,6 +54,8 @@ def _zero_code(q: QuantizedTensor) -> int:
 
 def permute_rows(w: Weight, perm: np.ndarray) -> Weight:
     """Reorder the output rows (axis -2 of a matrix, axis -1 of a bias)."""
+    if isinstance(w, Deferred):
+        return _defer(w.shape, permute_rows, w, perm)
     if isinstance(w, QuantizedTensor):
         return dataclasses.replace(
             w, codes=w.codes[..., perm, :], scales=w.scales[..., perm, :], zeros=w.zeros[..., perm, :]
@@ -38,6 +68,8 @@ def pad_rows(w: Weight, rows: int) -> Weight:
     n = w.shape[-2]
     if rows == n:
         return w
+    if isinstance(w, Deferred):
+        return _defer((*w.shape[:-2], rows, w.shape[-1]), pad_rows, w, rows)
     if isinstance(w, QuantizedTensor):
         extra = rows - n
         lead = w.codes.shape[:-2]
@@ -61,6 +93,8 @@ def pad_cols(w: Weight, cols: int) -> Weight:
     k = w.shape[-1]
     if cols == k:
         return w
+    if isinstance(w, Deferred):
+        return _defer((*w.shape[:-1], cols), pad_cols, w, cols)
     if isinstance(w, QuantizedTensor):
         b = w.scheme.block_size
         k_pad = w.codes.shape[-1]
@@ -84,6 +118,8 @@ def pad_cols(w: Weight, cols: int) -> Weight:
 
 def stack_copies(w: Weight, n: int) -> Weight:
     """n identical copies along a new leading axis (a dense FFN as n identical experts)."""
+    if isinstance(w, Deferred):
+        return _defer((n, *w.shape), stack_copies, w, n)
     if isinstance(w, QuantizedTensor):
         rep = lambda a: np.ascontiguousarray(np.broadcast_to(a, (n, *a.shape)))  # noqa: E731
         return dataclasses.replace(
@@ -94,6 +130,9 @@ def stack_copies(w: Weight, n: int) -> Weight:
 
 def concat_rows(a: Weight, b: Weight) -> Weight:
     """Rows of `a` then rows of `b` (axis -2): two projections of one input fused into one matrix."""
+    if isinstance(a, Deferred) or isinstance(b, Deferred):
+        shape = (*a.shape[:-2], a.shape[-2] + b.shape[-2], a.shape[-1])
+        return Deferred(shape, lambda: concat_rows(materialize(a), materialize(b)))
     quantized = isinstance(a, QuantizedTensor) and isinstance(b, QuantizedTensor)
     if quantized and a.scheme == b.scheme and a.codes.shape[-1] == b.codes.shape[-1]:
         cat = lambda x, y: np.concatenate([x, y], axis=-2)  # noqa: E731
@@ -114,6 +153,8 @@ def scale_pow2(w: Weight, factor: float) -> Weight:
         raise ValueError(f"{factor} is not a power of two")
     if factor == 1:
         return w
+    if isinstance(w, Deferred):
+        return _defer(w.shape, scale_pow2, w, factor)
     if isinstance(w, QuantizedTensor):
         scales = (w.scales.astype(np.float32) * factor).astype(np.float16)
         # overflow, or a halved scale losing bits as a float16 subnormal: keep the exact values instead

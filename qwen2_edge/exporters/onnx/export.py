@@ -187,24 +187,10 @@ def _bits_per_weight(ckpt: Checkpoint, qmodel: QuantizedModel | None, quant: str
     float_bits = 16 if quant == "f16" else 32
     for name in ckpt.canonical_names():
         q = qmodel.tensors.get(name) if qmodel is not None else None
-        numel = int(np.prod(_canonical_shape(ckpt, name)))
+        numel = int(np.prod(ckpt.canonical_shape(name)))
         total += numel
         total_bits += q.nbytes_packed * 8 if q is not None else numel * float_bits
     return total_bits / max(total, 1)
-
-
-def _canonical_shape(ckpt: Checkpoint, name: str) -> tuple[int, ...]:
-    """Shape of a canonical tensor without reading it (stacked experts are [E, rows, cols])."""
-    if name in ckpt.tensors:
-        return ckpt.tensors[name].shape
-    stem, proj = name.rsplit(".", 1)  # model.layers.N.mlp.experts.{gate,up,down}_proj
-    fused = ckpt.tensors.get(f"{stem}.gate_up_proj" if proj != "down_proj" else f"{stem}.down_proj")
-    if fused is not None:
-        E, rows, cols = fused.shape
-        return (E, rows // 2, cols) if proj != "down_proj" else (E, rows, cols)
-    first = ckpt.tensors[f"{stem}.0.{proj}.weight"].shape
-    ffn = ckpt.spec.layers[int(name.split(".")[2])].ffn
-    return (ffn.num_experts, *first)
 
 
 def _manifest(ckpt, quant, weights: Weights, ops: dict[str, int], plan, external: bool) -> dict[str, Any]:
