@@ -24,6 +24,7 @@ from qwen2_edge.exporters.gguf.rewrite import Deferred, materialize
 from qwen2_edge.exporters.gguf.tokenizer import build_vocab, write_vocab
 from qwen2_edge.exporters.gguf.writer import _add_kv, store
 from qwen2_edge.exporters.registry import get_format
+from qwen2_edge.integrity import GGUF_KEY, gguf_placeholder, seal_gguf
 from qwen2_edge.model.checkpoint import open_checkpoint
 from qwen2_edge.quant import quantize_model
 from qwen2_edge.testing import FIXTURES, FixtureSpec, make_checkpoint
@@ -62,9 +63,11 @@ def buffered_gguf(model: Path, out: Path, quant: str) -> None:
         for key, value in enc.metadata():
             _add_kv(w, key, value)
         write_vocab(w, build_vocab(ckpt))
-        for t in enc.tensors(get):
+        tensors = list(enc.tensors(get))
+        for t in tensors:
             s = store(t, gq, float_type)
             w.add_tensor(t.name, s.data, raw_dtype=s.raw_dtype)
+        w.add_array(GGUF_KEY, gguf_placeholder(len(tensors)))  # the integrity record, sealed below
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -76,6 +79,7 @@ def buffered_gguf(model: Path, out: Path, quant: str) -> None:
             llama_quantize(Path(d) / "f16.gguf", out, gq.llama_ftype, 2)
     else:
         write(out, GGMLQuantizationType.F16 if quant == "f16" else GGMLQuantizationType.F32)
+    seal_gguf(out)
 
 
 def _assert_same_bytes(model: Path, quant: str, tmp_path: Path) -> None:
